@@ -1,0 +1,241 @@
+"""Shared vocabulary of the runtime: sampling parameters, requests, outputs.
+
+Plain dataclasses with no torch ops, so every layer (engine, server, frontend) can
+import them cheaply and they cross process boundaries by pickling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class FinishKind(str, enum.Enum):
+    STOP = "stop"
+    LENGTH = "length"
+    ABORT = "abort"
+
+
+@dataclass
+class FinishReason:
+    kind: FinishKind
+    matched: int | str | None = None  # the stop token id or stop string that ended it
+    message: str | None = None  # set for aborts caused by errors
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.kind.value, "matched": self.matched}
+        if self.message is not None:
+            out["message"] = self.message
+        return out
+
+
+@dataclass
+class SamplingParams:
+    """Per-request sampling knobs, named as in SGLang. `validate()` raises ValueError."""
+
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1  # -1 (or 0) disables top-k
+    min_p: float = 0.0
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    min_new_tokens: int = 0
+    n: int = 1
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    json_schema: str | dict | None = None
+    regex: str | None = None
+    ebnf: str | None = None
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    no_stop_trim: bool = False
+    sampling_seed: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "SamplingParams":
+        """Build from a user dict; unknown keys are an error that lists the known ones."""
+        d = dict(d or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown sampling parameter(s) {unknown}; known: {sorted(known)}"
+            )
+        return cls(**d)
+
+    @property
+    def stop_strs(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1
+
+    def validate(self, vocab_size: int | None = None) -> None:
+        def check(cond: bool, name: str, rule: str) -> None:
+            if not cond:
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+
+        check(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 0,
+              "max_new_tokens", "an integer >= 0")
+        check(self.temperature >= 0.0, "temperature", ">= 0")
+        check(0.0 < self.top_p <= 1.0, "top_p", "in (0, 1]")
+        check(isinstance(self.top_k, int) and (self.top_k >= 1 or self.top_k in (-1, 0)),
+              "top_k", "a positive integer, or -1/0 to disable")
+        check(0.0 <= self.min_p <= 1.0, "min_p", "in [0, 1]")
+        check(isinstance(self.min_new_tokens, int) and self.min_new_tokens >= 0,
+              "min_new_tokens", "an integer >= 0")
+        check(isinstance(self.n, int) and 1 <= self.n <= 128, "n", "an integer in [1, 128]")
+        check(-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty", "in [-2, 2]")
+        check(-2.0 <= self.presence_penalty <= 2.0, "presence_penalty", "in [-2, 2]")
+        check(0.0 < self.repetition_penalty <= 10.0, "repetition_penalty", "in (0, 10]")
+        check(self.sampling_seed is None or isinstance(self.sampling_seed, int),
+              "sampling_seed", "an integer or None")
+        check(self.stop is None or isinstance(self.stop, str)
+              or (isinstance(self.stop, list) and all(isinstance(s, str) and s for s in self.stop)),
+              "stop", "a string or a list of non-empty strings")
+        if self.stop_token_ids is not None:
+            check(all(isinstance(t, int) and t >= 0 and (vocab_size is None or t < vocab_size)
+                      for t in self.stop_token_ids),
+                  "stop_token_ids", f"token ids in [0, {vocab_size})")
+        num_constraints = sum(x is not None for x in (self.json_schema, self.regex, self.ebnf))
+        if num_constraints > 1:
+            raise ValueError("only one of json_schema, regex, ebnf may be set")
+
+
+def new_rid() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class GenerateRequest:
+    """One generation request as it crosses into the engine process (already tokenized)."""
+
+    rid: str
+    input_ids: list[int]
+    sampling_params: SamplingParams
+    return_logprob: bool = False
+    logprob_start_len: int = -1  # -1: no prompt logprobs; k: prompt logprobs from position k
+    top_logprobs_num: int = 0
+    stream: bool = False
+    extra_key: str | None = None  # prefix-cache namespace (the API's cache_salt)
+    arrival_time: float = field(default_factory=time.time)
+
+
+@dataclass
+class AbortRequest:
+    rid: str
+
+
+@dataclass
+class TokenOut:
+    """What the engine emits for one request after a step (or at its end).
+
+    `new_token_ids` are the tokens appended since the last TokenOut for this rid; the
+    engine process detokenizes, so `new_text` is the UTF-8-safe text for them.
+    """
+
+    rid: str
+    new_token_ids: list[int]
+    new_text: str
+    finished: bool = False
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    # logprobs for new_token_ids: list of (logprob, token_id), and top alternatives
+    output_token_logprobs: list[tuple[float, int]] | None = None
+    output_top_logprobs: list[list[tuple[float, int]]] | None = None
+    # prompt logprobs (sent once, with the first TokenOut)
+    input_token_logprobs: list[tuple[float | None, int]] | None = None
+    input_top_logprobs: list[list[tuple[float, int]] | None] | None = None
+
+
+@dataclass
+class Req:
+    """A request's state inside the engine process.
+
+    Invariants: the KV of fill_ids[:kv_len] is in the pool, at the slots recorded in
+    row `table_row` of the ReqToTokenTable; the first `cached_len` of those slots
+    belong to the prefix cache (locked via `last_node`), the rest to this request.
+    A running (decoding) request has kv_len == len(fill_ids) - 1.
+    """
+
+    rid: str
+    origin_input_ids: list[int]
+    sampling_params: SamplingParams
+    return_logprob: bool = False
+    logprob_start_len: int = -1
+    top_logprobs_num: int = 0
+    extra_key: str | None = None  # cache namespace (cache_salt)
+    arrival_time: float = field(default_factory=time.time)
+    stream: bool = False
+
+    output_ids: list[int] = field(default_factory=list)
+    table_row: int | None = None
+    kv_len: int = 0
+    cached_len: int = 0  # leading slots owned by the prefix cache
+    last_node: Any = None
+    prefix_slots: Any = None  # matched cache slots, between prefix match and admission
+    cached_tokens: int = 0  # prompt tokens served from the cache (reported to the user)
+    finish_reason: FinishReason | None = None
+    num_retractions: int = 0
+    # output bookkeeping: how many output ids were already sent in a TokenOut
+    num_sent: int = 0
+    output_token_logprobs: list[tuple[float, int]] = field(default_factory=list)
+    output_top_logprobs: list[list[tuple[float, int]]] = field(default_factory=list)
+    input_token_logprobs: list[tuple[float | None, int]] | None = None
+    input_top_logprobs: list | None = None
+    input_logprobs_sent: bool = False
+
+    @property
+    def fill_ids(self) -> list[int]:
+        return self.origin_input_ids + self.output_ids
+
+    @property
+    def seq_len(self) -> int:
+        return len(self.origin_input_ids) + len(self.output_ids)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        return self.return_logprob and self.logprob_start_len >= 0
+
+
+@dataclass
+class ControlRequest:
+    """Engine-process operations other than generation (answered by ControlReply)."""
+
+    request_id: str
+    kind: str  # "flush_cache" | "get_info" | "shutdown"
+    args: dict = field(default_factory=dict)
+
+
+@dataclass
+class ControlReply:
+    request_id: str
+    ok: bool
+    result: Any = None
+    error: str | None = None
+
+
+@dataclass
+class EngineReady:
+    info: dict  # model/pool facts the front end validates against
+
+
+@dataclass
+class EngineFailed:
+    error: str

@@ -1,0 +1,351 @@
+"""`runtime.Engine`: the offline API. The scheduler and model run in a child process;
+this process tokenizes, validates, detokenizes and matches stop strings."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import multiprocessing as mp
+import queue
+import threading
+import time
+import uuid
+import weakref
+from typing import Any, AsyncIterator, Iterator
+
+from runtime.config import EngineConfig
+from runtime.core import (AbortRequest, ControlReply, ControlRequest, EngineFailed, EngineReady,
+                          GenerateRequest, SamplingParams, TokenOut, new_rid)
+from runtime.engine.detokenizer import IncrementalDetokenizer
+from runtime.engine.engine_loop import run_engine_process
+from runtime.engine.output_processor import RequestState
+
+logger = logging.getLogger("radixflow")
+
+STARTUP_TIMEOUT_S = 600
+
+
+def resolve_model_path(model_path: str | None) -> str:
+    if model_path:
+        return str(model_path)
+    from runtime.demo.checkpoint import demo_model_path
+
+    path = demo_model_path()
+    logger.info("no model path given: serving the built-in demo model at %s", path)
+    return str(path)
+
+
+class _Waiter:
+    """Delivers one request's updates to a thread (queue.Queue) or an asyncio loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.loop = loop
+        self.queue: Any = asyncio.Queue() if loop else queue.Queue()
+
+    def put(self, item) -> None:
+        if self.loop:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        else:
+            self.queue.put(item)
+
+
+class Engine:
+    def __init__(self, model_path: str | None = None, **options: Any) -> None:
+        from transformers import AutoTokenizer
+
+        self.config = EngineConfig.from_options(model_path=model_path, **options)
+        self.model_path = resolve_model_path(model_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        ctx = mp.get_context("spawn")
+        self._inbox, self._outbox = ctx.Queue(), ctx.Queue()
+        self._proc = ctx.Process(target=run_engine_process, daemon=True, name="radixflow-engine",
+                                 args=(self.config, self.model_path, self._inbox, self._outbox))
+        self._proc.start()
+        self.info = self._wait_ready()
+        self._states: dict[str, tuple[RequestState, _Waiter]] = {}
+        self._replies: dict[str, _Waiter] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._reader = threading.Thread(target=self._read_outputs, daemon=True, name="radixflow-reader")
+        self._reader.start()
+        self._finalizer = weakref.finalize(self, _stop_process, self._proc, self._inbox)
+        atexit.register(self.shutdown)
+
+    def _wait_ready(self) -> dict:
+        deadline = time.time() + STARTUP_TIMEOUT_S
+        while time.time() < deadline:
+            try:
+                msg = self._outbox.get(timeout=1.0)
+            except queue.Empty:
+                if not self._proc.is_alive():
+                    raise RuntimeError(f"engine process exited with code {self._proc.exitcode}")
+                continue
+            if isinstance(msg, EngineFailed):
+                self._proc.join(5)
+                raise RuntimeError(f"engine failed to start: {msg.error}")
+            if isinstance(msg, EngineReady):
+                return msg.info
+        raise RuntimeError("engine did not start in time")
+
+    # ---- output routing (reader thread) -----------------------------------
+    def _read_outputs(self) -> None:
+        while True:
+            try:
+                msg = self._outbox.get()
+            except (EOFError, OSError, ValueError):
+                break
+            items = msg if isinstance(msg, list) else [msg]
+            for item in items:
+                if isinstance(item, ControlReply):
+                    waiter = self._replies.pop(item.request_id, None)
+                    if waiter:
+                        waiter.put(item)
+                    elif self._closed:
+                        return
+                elif isinstance(item, TokenOut):
+                    self._route(item)
+        self._fail_pending("the engine process stopped")
+
+    def _route(self, out: TokenOut) -> None:
+        with self._lock:
+            entry = self._states.get(out.rid)
+        if entry is None:
+            return  # already ended here (stop string) or unknown
+        state, waiter = entry
+        if state.apply(out, self.tokenizer):
+            self._inbox.put(AbortRequest(out.rid))  # stop string: free its KV in the engine
+        if state.finished:
+            with self._lock:
+                self._states.pop(out.rid, None)
+        waiter.put(state.finished)
+
+    def _fail_pending(self, reason: str) -> None:
+        with self._lock:
+            entries, self._states = list(self._states.values()), {}
+        for state, waiter in entries:
+            from runtime.core import FinishKind, FinishReason
+
+            state.finished, state.finish_reason = True, FinishReason(FinishKind.ABORT, message=reason)
+            waiter.put(True)
+
+    # ---- submission ---------------------------------------------------------
+    def _prepare(self, prompt, input_ids, sampling_params, return_logprob, logprob_start_len,
+                 top_logprobs_num, stream, rid, cache_salt, return_text_in_logprobs) -> list[GenerateRequest]:
+        """Validate and tokenize one prompt; n > 1 becomes n requests (they share the
+        prompt's KV through the prefix cache)."""
+        if self._closed:
+            raise RuntimeError("the engine has been shut down")
+        params = sampling_params if isinstance(sampling_params, SamplingParams) else \
+            SamplingParams.from_dict(sampling_params)
+        vocab = self.info["vocab_size"]
+        params.validate(vocab_size=vocab)
+        if input_ids is None:
+            if not isinstance(prompt, str):
+                raise ValueError("prompt must be a string (or pass input_ids)")
+            input_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+        if not input_ids:
+            raise ValueError("the prompt is empty: at least one token is required")
+        bad = [t for t in input_ids if not isinstance(t, int) or not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"input_ids contains token ids outside the vocabulary [0, {vocab}): {bad[:5]}")
+        limit = self.info["context_length"]
+        if len(input_ids) >= limit:
+            raise ValueError(f"the prompt has {len(input_ids)} tokens; the context length is {limit} "
+                             f"(prompt tokens must be < context length)")
+        if len(input_ids) + 1 > self.info["max_total_tokens"]:
+            raise ValueError(f"the prompt has {len(input_ids)} tokens; the KV pool holds "
+                             f"{self.info['max_total_tokens']} (max_total_tokens)")
+        if not isinstance(logprob_start_len, int) or logprob_start_len < -1 or logprob_start_len >= len(input_ids):
+            raise ValueError(f"logprob_start_len must be -1 or in [0, {len(input_ids)}), got {logprob_start_len!r}")
+        if not isinstance(top_logprobs_num, int) or not 0 <= top_logprobs_num <= 20:
+            raise ValueError(f"top_logprobs_num must be in [0, 20], got {top_logprobs_num!r}")
+        rid = rid or new_rid()
+        n = params.n
+        reqs = []
+        for i in range(n):
+            sp = SamplingParams(**{**params.__dict__, "n": 1})
+            if n > 1 and sp.sampling_seed is not None:
+                sp.sampling_seed += i
+            reqs.append(GenerateRequest(
+                rid=rid if n == 1 else f"{rid}-{i}", input_ids=list(input_ids), sampling_params=sp,
+                return_logprob=return_logprob, logprob_start_len=logprob_start_len if return_logprob else -1,
+                top_logprobs_num=top_logprobs_num, stream=stream, extra_key=cache_salt))
+            reqs[-1].return_text_in_logprobs = return_text_in_logprobs  # type: ignore[attr-defined]
+        return reqs
+
+    def _submit(self, req: GenerateRequest, loop=None) -> tuple[RequestState, _Waiter]:
+        sp = req.sampling_params
+        detok = IncrementalDetokenizer(self.tokenizer, skip_special_tokens=sp.skip_special_tokens,
+                                       spaces_between_special_tokens=sp.spaces_between_special_tokens)
+        state = RequestState(req.rid, sp, detok, prompt_tokens=len(req.input_ids),
+                             return_text_in_logprobs=getattr(req, "return_text_in_logprobs", False))
+        waiter = _Waiter(loop)
+        with self._lock:
+            if req.rid in self._states:
+                raise ValueError(f"duplicate request id {req.rid!r}")
+            self._states[req.rid] = (state, waiter)
+        self._inbox.put(req)
+        return state, waiter
+
+    def _normalize_batch(self, prompt, input_ids, sampling_params) -> tuple[list, list, list, bool]:
+        is_batch = isinstance(prompt, list) or (input_ids is not None and input_ids and isinstance(input_ids[0], list))
+        if not is_batch:
+            return [prompt], [input_ids], [sampling_params], False
+        items = prompt if isinstance(prompt, list) else input_ids
+        size = len(items)
+        prompts = prompt if isinstance(prompt, list) else [None] * size
+        ids = input_ids if input_ids is not None else [None] * size
+        sps = sampling_params if isinstance(sampling_params, list) else [sampling_params] * size
+        if len(sps) != size:
+            raise ValueError(f"got {size} prompts but {len(sps)} sampling_params")
+        return prompts, ids, sps, True
+
+    def generate(self, prompt: str | list[str] | None = None, sampling_params: dict | list | None = None,
+                 input_ids: list[int] | list[list[int]] | None = None, stream: bool = False,
+                 return_logprob: bool = False, logprob_start_len: int = -1, top_logprobs_num: int = 0,
+                 rid: str | None = None, cache_salt: str | None = None,
+                 return_text_in_logprobs: bool = False) -> Any:
+        """Blocking generation. One prompt -> a result dict (a list of n dicts when
+        n > 1); a list of prompts -> a list. stream=True -> an iterator of chunks."""
+        prompts, ids, sps, is_batch = self._normalize_batch(prompt, input_ids, sampling_params)
+        groups = [self._prepare(p, i, s, return_logprob, logprob_start_len, top_logprobs_num, stream,
+                                rid if not is_batch else None, cache_salt, return_text_in_logprobs)
+                  for p, i, s in zip(prompts, ids, sps)]
+        if stream:
+            if is_batch or len(groups[0]) > 1:
+                raise ValueError("stream=True takes a single prompt with n=1")
+            return self._stream(groups[0][0], return_logprob)
+        submitted = [[self._submit(r) for r in group] for group in groups]
+        results = [[self._wait(state, waiter, return_logprob) for state, waiter in group] for group in submitted]
+        flat = [g[0] if len(g) == 1 else g for g in results]
+        return flat if is_batch else flat[0]
+
+    def _wait(self, state: RequestState, waiter: _Waiter, return_logprob: bool) -> dict:
+        while not waiter.queue.get():
+            pass
+        return state.result(return_logprob)
+
+    def _stream(self, req: GenerateRequest, return_logprob: bool) -> Iterator[dict]:
+        state, waiter = self._submit(req)
+        sent = 0
+        try:
+            while True:
+                finished = waiter.queue.get()
+                result = state.result(return_logprob)
+                if len(result["text"]) > sent or finished:
+                    result["delta"] = result["text"][sent:]
+                    sent = len(result["text"])
+                    yield result
+                if finished:
+                    return
+        finally:
+            if not state.finished:
+                self.abort(req.rid)
+
+    async def async_generate(self, prompt: str | None = None, sampling_params: dict | None = None,
+                             input_ids: list[int] | None = None, stream: bool = False,
+                             return_logprob: bool = False, logprob_start_len: int = -1,
+                             top_logprobs_num: int = 0, rid: str | None = None,
+                             cache_salt: str | None = None, return_text_in_logprobs: bool = False):
+        """Async twin of `generate` for one prompt: returns the result dict (a list when
+        n > 1), or with stream=True an async iterator of chunks."""
+        reqs = self._prepare(prompt, input_ids, sampling_params, return_logprob, logprob_start_len,
+                             top_logprobs_num, stream, rid, cache_salt, return_text_in_logprobs)
+        loop = asyncio.get_running_loop()
+        if stream:
+            if len(reqs) > 1:
+                raise ValueError("stream=True takes n=1")
+            return self._astream(reqs[0], return_logprob, loop)
+        submitted = [self._submit(r, loop) for r in reqs]
+        try:
+            results = []
+            for state, waiter in submitted:
+                while not await waiter.queue.get():
+                    pass
+                results.append(state.result(return_logprob))
+        except asyncio.CancelledError:
+            for state, _ in submitted:
+                if not state.finished:
+                    self.abort(state.rid)
+            raise
+        return results[0] if len(results) == 1 else results
+
+    async def _astream(self, req: GenerateRequest, return_logprob: bool, loop) -> AsyncIterator[dict]:
+        state, waiter = self._submit(req, loop)
+        sent = 0
+        try:
+            while True:
+                finished = await waiter.queue.get()
+                result = state.result(return_logprob)
+                if len(result["text"]) > sent or finished:
+                    result["delta"] = result["text"][sent:]
+                    sent = len(result["text"])
+                    yield result
+                if finished:
+                    return
+        finally:
+            if not state.finished:
+                self.abort(req.rid)
+
+    def abort(self, rid: str) -> None:
+        """Abort a request (or all n of an n > 1 request) by id; a no-op once finished."""
+        with self._lock:
+            rids = [r for r in self._states if r == rid or r.startswith(f"{rid}-")]
+        for r in rids:
+            self._inbox.put(AbortRequest(r))
+
+    # ---- control ------------------------------------------------------------
+    def _control(self, kind: str, timeout: float = 60.0) -> ControlReply:
+        request_id = uuid.uuid4().hex
+        waiter = _Waiter(None)
+        self._replies[request_id] = waiter
+        self._inbox.put(ControlRequest(request_id, kind))
+        try:
+            return waiter.queue.get(timeout=timeout)
+        except queue.Empty:
+            self._replies.pop(request_id, None)
+            raise RuntimeError(f"engine did not answer {kind!r} within {timeout}s") from None
+
+    def get_server_info(self) -> dict:
+        return self._control("get_info").result
+
+    def flush_cache(self) -> None:
+        reply = self._control("flush_cache")
+        if not reply.ok:
+            raise RuntimeError(reply.error)
+
+    def check_no_leaks(self) -> dict:
+        """For tests: raises AssertionError unless every KV slot is free or cached."""
+        reply = self._control("check_leaks")
+        if not reply.ok:
+            raise AssertionError(reply.error)
+        return reply.result
+
+    def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.shutdown)
+        _stop_process(self._proc, self._inbox)
+        self._fail_pending("the engine was shut down")
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+
+def _stop_process(proc, inbox) -> None:
+    if proc.is_alive():
+        try:
+            inbox.put(ControlRequest("stop", "shutdown"))
+        except (OSError, ValueError):
+            pass
+    proc.join(10)
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(5)
+    if proc.is_alive():
+        proc.kill()

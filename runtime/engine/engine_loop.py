@@ -1,0 +1,157 @@
+"""The engine process: scheduler + model runner in a loop, fed by typed messages.
+
+Inbox: GenerateRequest | AbortRequest | ControlRequest. Outbox: EngineReady |
+EngineFailed first, then lists of TokenOut (one list per step) and ControlReply.
+The loop never waits on anything but its inbox, and only when it has no work.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+import traceback
+
+from runtime.cache.prefix_cache import NoPrefixCache
+from runtime.config import EngineConfig
+from runtime.core import (AbortRequest, ControlReply, ControlRequest, EngineFailed, EngineReady,
+                          FinishKind, FinishReason, GenerateRequest)
+
+logger = logging.getLogger("radixflow.engine")
+
+
+def make_prefix_cache(cfg: EngineConfig, pool):
+    if cfg.disable_radix_cache:
+        return NoPrefixCache(pool)
+    try:
+        from runtime.cache.radix_cache import RadixCache
+    except ImportError:  # the radix cache is optional until it lands
+        return NoPrefixCache(pool)
+    return RadixCache(pool, page_size=cfg.page_size)
+
+
+class EngineCore:
+    """Everything the engine process owns; also usable in-process by tests."""
+
+    def __init__(self, cfg: EngineConfig, model_path: str) -> None:
+        from runtime.engine.model_runner import ModelRunner
+        from runtime.engine.scheduler import Scheduler
+
+        self.cfg = cfg
+        self.runner = ModelRunner(cfg, model_path)
+        self.cache = make_prefix_cache(cfg, self.runner.pool)
+        mc = self.runner.model_config
+        self.scheduler = Scheduler(cfg, self.runner, self.runner.pool, self.runner.table, self.cache,
+                                   self.runner.context_len, mc.eos_token_ids)
+        self.step_times: list[dict] = []  # per step: mode, batch_size, wall s, forward s (bench only)
+
+    def info(self) -> dict:
+        mc, pool = self.runner.model_config, self.runner.pool
+        return {
+            "architecture": mc.architecture, "vocab_size": mc.vocab_size, "dtype": str(self.runner.dtype),
+            "device": self.runner.device, "context_length": self.runner.context_len,
+            "max_total_tokens": pool.capacity, "available_tokens": pool.available_size(),
+            "page_size": pool.page_size, "eos_token_ids": list(mc.eos_token_ids),
+            "max_running_requests": self.cfg.max_running_requests,
+            "radix_cache": type(self.cache).__name__ != "NoPrefixCache",
+            **self.scheduler.num_requests(), **self.scheduler.stats, **self.cache.stats(),
+        }
+
+    def handle(self, msg) -> list:
+        """Apply one inbox message; returns messages for the outbox."""
+        if isinstance(msg, GenerateRequest):
+            return self.scheduler.add_request(msg)
+        if isinstance(msg, AbortRequest):
+            return self.scheduler.abort(msg.rid)
+        if isinstance(msg, ControlRequest):
+            return [self._control(msg)]
+        raise TypeError(f"unexpected message {type(msg).__name__}")
+
+    def _control(self, msg: ControlRequest) -> ControlReply:
+        if msg.kind == "get_info":
+            return ControlReply(msg.request_id, True, self.info())
+        if msg.kind == "flush_cache":
+            if self.scheduler.has_work:
+                n = self.scheduler.num_requests()
+                return ControlReply(msg.request_id, False, error=(
+                    f"cannot flush the cache while requests run ({n['running']} running, "
+                    f"{n['waiting']} waiting)"))
+            self.cache.reset()
+            return ControlReply(msg.request_id, True, {"flushed": True})
+        if msg.kind == "get_step_times":
+            return ControlReply(msg.request_id, True, self.step_times)
+        if msg.kind == "reset_step_times":
+            self.step_times = []
+            return ControlReply(msg.request_id, True)
+        if msg.kind == "check_leaks":
+            try:
+                self.scheduler.check_no_leaks()
+                return ControlReply(msg.request_id, True, self.info())
+            except AssertionError as e:
+                return ControlReply(msg.request_id, False, error=str(e))
+        return ControlReply(msg.request_id, False, error=f"unknown control request {msg.kind!r}")
+
+    def step(self) -> list:
+        start, fwd0 = time.perf_counter(), self.runner.forward_time
+        outs = self.scheduler.step()
+        batch = self.scheduler.last_batch
+        if self.cfg.extra.get("record_step_times") and batch is not None:
+            self.step_times.append({"mode": batch.mode.value, "batch_size": len(batch.reqs),
+                                    "wall": time.perf_counter() - start,
+                                    "forward": self.runner.forward_time - fwd0})
+        return outs
+
+    def fail_all(self, error: str) -> list:
+        """After an internal error: end every request with an abort naming the error."""
+        outs = []
+        s = self.scheduler
+        for req in list(s.waiting) + list(s.running) + ([s.chunked] if s.chunked else []):
+            outs += s.abort(req.rid)
+        for out in outs:
+            out.finish_reason = FinishReason(FinishKind.ABORT, message=f"internal error: {error}")
+        return outs
+
+
+def run_engine_process(cfg: EngineConfig, model_path: str, inbox, outbox) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s engine %(levelname)s %(message)s")
+    try:
+        core = EngineCore(cfg, model_path)
+    except Exception as e:  # report, don't hang the parent
+        outbox.put(EngineFailed(f"{type(e).__name__}: {e}"))
+        return
+    outbox.put(EngineReady(core.info()))
+    while True:
+        try:
+            msgs = _drain(inbox, block=not core.scheduler.has_work)
+        except (EOFError, OSError):
+            return  # parent is gone
+        outs: list = []
+        for msg in msgs:
+            if isinstance(msg, ControlRequest) and msg.kind == "shutdown":
+                outbox.put([ControlReply(msg.request_id, True)])
+                return
+            try:
+                outs += core.handle(msg)
+            except Exception as e:
+                logger.exception("bad message")
+                if isinstance(msg, GenerateRequest):
+                    from runtime.core import TokenOut
+                    outs.append(TokenOut(msg.rid, [], "", True, FinishReason(FinishKind.ABORT, message=str(e))))
+        try:
+            outs += core.step()
+        except Exception as e:
+            logger.error("engine step failed:\n%s", traceback.format_exc())
+            outs += core.fail_all(f"{type(e).__name__}: {e}")
+        if outs:
+            outbox.put(outs)
+
+
+def _drain(inbox, block: bool) -> list:
+    msgs = []
+    if block:
+        msgs.append(inbox.get())
+    while True:
+        try:
+            msgs.append(inbox.get_nowait())
+        except queue.Empty:
+            return msgs

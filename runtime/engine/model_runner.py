@@ -1,0 +1,136 @@
+"""Owns the model, the KV pool and the attention backend; runs one batch per call:
+forward, logits for the rows that need them, sampling, logprobs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from runtime.cache.kv_pool import KVPool, ReqToTokenTable
+from runtime.config import EngineConfig, ModelConfig
+from runtime.layers.attention import TorchNativeBackend
+from runtime.models.loader import load_model
+from runtime.engine.sampler import SamplingBatch, compute_logprobs, sample
+
+logger = logging.getLogger(__name__)
+
+CPU_DEFAULT_MAX_TOTAL_TOKENS = 262_144
+
+
+@dataclass
+class StepResult:
+    next_token_ids: list[int]  # per request in the batch (-1 where nothing was sampled)
+    # per request index: (logprob of the sampled token, top alternatives [(logprob, id)])
+    output_logprobs: dict[int, tuple[float, list[tuple[float, int]]]] = field(default_factory=dict)
+    # per request index: [(logprob, prompt token id, top alternatives)] in position order
+    prompt_logprobs: dict[int, list[tuple[float, int, list]]] = field(default_factory=dict)
+
+
+class ModelRunner:
+    def __init__(self, cfg: EngineConfig, model_path: str) -> None:
+        self.cfg = cfg
+        self.device = cfg.resolved_device()
+        if self.device == "cpu":
+            torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
+        torch.manual_seed(cfg.random_seed)
+        self.model_config = ModelConfig.from_hf(model_path)
+        mc = self.model_config
+        self.dtype = cfg.resolved_dtype(mc)
+        self.model = load_model(model_path, mc, self.dtype, self.device)
+        self.context_len = min(cfg.context_length or mc.max_position_embeddings, mc.max_position_embeddings)
+        if mc.sliding_window:  # no sliding-window attention yet: stay inside the window
+            self.context_len = min(self.context_len, mc.sliding_window)
+        num_slots = self._pool_size()
+        self.pool = KVPool(mc.num_layers, num_slots, mc.num_kv_heads, mc.head_dim, self.dtype,
+                           self.device, cfg.page_size)
+        self.table = ReqToTokenTable(cfg.max_running_requests, self.context_len, self.device)
+        self.attn = TorchNativeBackend(self.pool, mc.num_heads, mc.num_kv_heads, mc.head_dim)
+        self.forward_time = 0.0  # seconds spent in model forward + logits (for overhead stats)
+        logger.info("model %s (%s) on %s, %s; KV pool %d tokens; context %d", mc.architecture,
+                    model_path, self.device, self.dtype, self.pool.capacity, self.context_len)
+
+    def _pool_size(self) -> int:
+        if self.cfg.max_total_tokens:
+            return self.cfg.max_total_tokens + self.cfg.page_size  # + the reserved padding page
+        mc = self.model_config
+        bytes_per_token = 2 * mc.num_layers * mc.num_kv_heads * mc.head_dim * torch.finfo(self.dtype).bits // 8
+        if self.device == "cuda":
+            free, _ = torch.cuda.mem_get_info()
+            return int(free * self.cfg.mem_fraction) // bytes_per_token
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return min(int(free * self.cfg.mem_fraction) // bytes_per_token, CPU_DEFAULT_MAX_TOTAL_TOKENS)
+
+    @torch.inference_mode()
+    def run(self, batch) -> StepResult:
+        fb = batch.forward
+        fb.input_ids = fb.input_ids.to(self.device)
+        fb.positions = fb.positions.to(self.device)
+        fb.out_cache_loc = fb.out_cache_loc.to(self.device)
+        fb.kv_indices = fb.kv_indices.to(self.device)
+        start = time.perf_counter()
+        self.attn.init_forward_metadata(fb)
+        hidden = self.model(fb.input_ids, fb.positions, fb, self.attn)
+        logits = self.model.compute_logits(hidden[fb.logits_indices.to(self.device)])  # [N, V] fp32
+        self.forward_time += time.perf_counter() - start
+        return self._sample(batch, logits)
+
+    def _sample(self, batch, logits: torch.Tensor) -> StepResult:
+        result = StepResult(next_token_ids=[-1] * len(batch.reqs))
+        sample_rows, sample_reqs, row = [], [], 0
+        for i, req in enumerate(batch.reqs):
+            n = batch.num_logits_rows[i]
+            if batch.prompt_logprob_positions[i]:
+                result.prompt_logprobs[i] = self._prompt_logprobs(
+                    req, logits[row:row + len(batch.prompt_logprob_positions[i])],
+                    batch.prompt_logprob_positions[i])
+            if batch.samples[i]:
+                sample_rows.append(row + n - 1)
+                sample_reqs.append(i)
+            row += n
+        if not sample_rows:
+            return result
+        rows = logits[sample_rows]  # [B, V]
+        reqs = [batch.reqs[i] for i in sample_reqs]
+        want_lp = [j for j, r in enumerate(reqs) if r.return_logprob]
+        raw = rows[want_lp].clone() if want_lp else None  # logprobs use the unprocessed logits
+        sb = SamplingBatch.build(
+            [r.sampling_params for r in reqs], [r.output_ids for r in reqs],
+            banned_token_ids=[self._banned(r) for r in reqs],
+            prompt_ids=[r.origin_input_ids for r in reqs])
+        tokens = sample(rows, sb)
+        token_list = tokens.tolist()
+        for j, i in enumerate(sample_reqs):
+            result.next_token_ids[i] = token_list[j]
+        if want_lp:
+            top_n = max(reqs[j].top_logprobs_num for j in want_lp)
+            lps, top_vals, top_ids = compute_logprobs(raw, tokens[want_lp], top_n)
+            for k, j in enumerate(want_lp):
+                n = reqs[j].top_logprobs_num
+                top = list(zip(top_vals[k, :n].tolist(), top_ids[k, :n].tolist())) if n else []
+                result.output_logprobs[sample_reqs[j]] = (float(lps[k]), top)
+        return result
+
+    def _banned(self, req) -> list[int]:
+        """Tokens that would end the request before min_new_tokens."""
+        sp = req.sampling_params
+        if len(req.output_ids) >= sp.min_new_tokens:
+            return []
+        ids = list(sp.stop_token_ids or [])
+        if not sp.ignore_eos:
+            ids += self.model_config.eos_token_ids
+        return ids
+
+    @staticmethod
+    def _prompt_logprobs(req, rows: torch.Tensor, positions: list[int]) -> list:
+        targets = torch.tensor([req.origin_input_ids[p + 1] for p in positions], dtype=torch.int64)
+        top_n = req.top_logprobs_num
+        lps, top_vals, top_ids = compute_logprobs(rows, targets.to(rows.device), top_n)
+        out = []
+        for k, token in enumerate(targets.tolist()):
+            top = list(zip(top_vals[k].tolist(), top_ids[k].tolist())) if top_n else []
+            out.append((float(lps[k]), token, top))
+        return out

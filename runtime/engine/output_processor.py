@@ -1,0 +1,105 @@
+"""Front-end side of a request: detokenize, match stop strings, build result dicts.
+
+Lives in the caller's process (Engine, HTTP server). Stop strings are matched here,
+on text; when one matches, the caller aborts the request in the engine, which may
+have produced a token or two more: those are dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from runtime.core import FinishKind, FinishReason, SamplingParams, TokenOut
+from runtime.engine.detokenizer import IncrementalDetokenizer
+
+
+@dataclass
+class RequestState:
+    rid: str
+    params: SamplingParams
+    detok: IncrementalDetokenizer
+    prompt_tokens: int
+    return_text_in_logprobs: bool = False
+    created: float = field(default_factory=time.time)
+    text: str = ""  # all text decoded so far (may run past a stop string, see `visible`)
+    visible: int = 0  # length of text that is final and may be shown
+    output_ids: list[int] = field(default_factory=list)
+    finished: bool = False
+    finish_reason: FinishReason | None = None
+    cached_tokens: int = 0
+    output_token_logprobs: list = field(default_factory=list)
+    output_top_logprobs: list = field(default_factory=list)
+    input_token_logprobs: list | None = None
+    input_top_logprobs: list | None = None
+
+    @property
+    def max_stop_len(self) -> int:
+        return max((len(s) for s in self.params.stop_strs), default=0)
+
+    def apply(self, out: TokenOut, tokenizer) -> bool:
+        """Fold one engine output in. Returns True if a stop string ended the request
+        here (the caller must then abort it in the engine)."""
+        if self.finished:
+            return False
+        self.cached_tokens = out.cached_tokens
+        if out.input_token_logprobs is not None:
+            self.input_token_logprobs = self._with_text(out.input_token_logprobs, tokenizer)
+            self.input_top_logprobs = [None if t is None else self._with_text(t, tokenizer)
+                                       for t in out.input_top_logprobs]
+        stopped = False
+        for k, token in enumerate(out.new_token_ids):
+            self.output_ids.append(token)
+            if out.output_token_logprobs is not None:
+                self.output_token_logprobs += self._with_text([out.output_token_logprobs[k]], tokenizer)
+                self.output_top_logprobs.append(self._with_text(out.output_top_logprobs[k], tokenizer))
+            self.text += self.detok.add([token])
+            if self.params.stop_strs and self._match_stop():
+                stopped = True
+                break
+        if not stopped:
+            if out.finished:
+                self.text += self.detok.flush()
+                self.finished, self.finish_reason = True, out.finish_reason
+                self.visible = len(self.text)
+            else:
+                # hold back a tail that could still become a stop string
+                self.visible = max(self.visible, len(self.text) - max(self.max_stop_len - 1, 0))
+        return stopped
+
+    def _match_stop(self) -> bool:
+        window_start = max(0, self.visible - self.max_stop_len)
+        best = None
+        for stop in self.params.stop_strs:
+            idx = self.text.find(stop, window_start)
+            if idx != -1 and (best is None or idx < best[0]):
+                best = (idx, stop)
+        if best is None:
+            return False
+        idx, stop = best
+        self.text = self.text[:idx + len(stop)] if self.params.no_stop_trim else self.text[:idx]
+        self.visible = len(self.text)
+        self.finished, self.finish_reason = True, FinishReason(FinishKind.STOP, matched=stop)
+        return True
+
+    def _with_text(self, items, tokenizer) -> list:
+        """(logprob, id) pairs -> SGLang's (logprob, id, text-or-None) triples."""
+        return [(lp, tid, tokenizer.decode([tid]) if self.return_text_in_logprobs else None)
+                for lp, tid in items]
+
+    def result(self, include_logprobs: bool) -> dict:
+        meta = {
+            "id": self.rid,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": len(self.output_ids),
+            "cached_tokens": self.cached_tokens,
+            "finish_reason": self.finish_reason.to_dict() if self.finish_reason else None,
+            "e2e_latency": time.time() - self.created,
+        }
+        if include_logprobs:
+            meta["output_token_logprobs"] = self.output_token_logprobs
+            meta["output_top_logprobs"] = self.output_top_logprobs
+            if self.input_token_logprobs is not None:
+                meta["input_token_logprobs"] = self.input_token_logprobs
+                meta["input_top_logprobs"] = self.input_top_logprobs
+        return {"text": self.text[:self.visible], "output_ids": list(self.output_ids), "meta_info": meta}

@@ -1,0 +1,359 @@
+"""Continuous batching: admit, chunk, decode, retract, finish.
+
+Each `step()` runs one batch: an extend (prefill) batch when waiting requests can be
+admitted, else one decode step for every running request. Requests join and leave
+between steps. Nothing here waits on I/O; the engine loop feeds it messages.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from runtime.cache.kv_pool import KVPool, ReqToTokenTable
+from runtime.cache.prefix_cache import PrefixCache
+from runtime.config import EngineConfig
+from runtime.core import FinishKind, FinishReason, GenerateRequest, Req, TokenOut
+from runtime.engine.forward_batch import ForwardBatch, ForwardMode
+from runtime.engine.schedule_policy import order_waiting, prefix_key
+
+DECODE_RESERVE_PER_REQ = 16  # slots kept free per running request when admitting prefills
+
+
+@dataclass
+class ScheduledBatch:
+    mode: ForwardMode
+    reqs: list[Req]
+    extend_lens: list[int]  # new tokens per request this step
+    prefix_lens: list[int]  # kv_len of each request before this step
+    forward: ForwardBatch
+    num_logits_rows: list[int]  # logits rows per request (prompt logprob rows, then the sample row)
+    samples: list[bool]  # whether a request gets a sampled token this step
+    prompt_logprob_positions: list[list[int]]  # absolute positions p scoring prompt token p+1
+
+
+class Scheduler:
+    def __init__(self, cfg: EngineConfig, runner, pool: KVPool, table: ReqToTokenTable,
+                 cache: PrefixCache, context_len: int, eos_ids: tuple[int, ...]) -> None:
+        self.cfg, self.runner, self.pool, self.table, self.cache = cfg, runner, pool, table, cache
+        self.context_len = context_len
+        self.eos_ids = set(eos_ids)
+        self.waiting: list[Req] = []
+        self.running: list[Req] = []
+        self.chunked: Req | None = None  # a request part-way through a chunked prefill
+        self._pending_outputs: list[TokenOut] = []  # finishes decided outside a step
+        self.last_batch: ScheduledBatch | None = None
+        self.stats = {"num_retractions": 0, "prompt_tokens": 0, "generation_tokens": 0,
+                      "cached_tokens": 0, "decode_steps": 0, "extend_steps": 0}
+
+    # ---- messages ------------------------------------------------------------
+    def add_request(self, msg: GenerateRequest) -> list[TokenOut]:
+        req = Req(rid=msg.rid, origin_input_ids=list(msg.input_ids), sampling_params=msg.sampling_params,
+                  return_logprob=msg.return_logprob, logprob_start_len=msg.logprob_start_len,
+                  top_logprobs_num=msg.top_logprobs_num, extra_key=msg.extra_key,
+                  arrival_time=msg.arrival_time)
+        req.stream = msg.stream
+        error = self._check_fits(req)
+        if error:
+            req.finish_reason = FinishReason(FinishKind.ABORT, message=error)
+            return [self._token_out(req)]
+        self.waiting.append(req)
+        return []
+
+    def _check_fits(self, req: Req) -> str | None:
+        prompt_len = len(req.origin_input_ids)
+        if prompt_len == 0:
+            return "the prompt is empty"
+        if prompt_len >= self.context_len:
+            return f"the prompt has {prompt_len} tokens; the context length is {self.context_len}"
+        if prompt_len + 1 > self.pool.capacity:
+            return f"the prompt has {prompt_len} tokens; the KV pool holds {self.pool.capacity}"
+        return None
+
+    def abort(self, rid: str) -> list[TokenOut]:
+        reason = FinishReason(FinishKind.ABORT, message="aborted by request")
+        for req in self.waiting:
+            if req.rid == rid:
+                self.waiting.remove(req)
+                req.finish_reason = reason
+                self._release(req)
+                return [self._token_out(req)]
+        for req in list(self.running) + ([self.chunked] if self.chunked else []):
+            if req.rid == rid:
+                req.finish_reason = reason
+                self._release(req)
+                if req is self.chunked:
+                    self.chunked = None
+                else:
+                    self.running.remove(req)
+                return [self._token_out(req)]
+        return []
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running or self.chunked)
+
+    def num_requests(self) -> dict[str, int]:
+        return {"running": len(self.running) + (self.chunked is not None), "waiting": len(self.waiting)}
+
+    # ---- one step ------------------------------------------------------------
+    def step(self) -> list[TokenOut]:
+        batch = self.last_batch = self._schedule_extend() or self._schedule_decode()
+        outputs, self._pending_outputs = self._pending_outputs, []
+        if batch is not None:
+            outputs += self._process_result(batch, self.runner.run(batch))
+        return outputs
+
+    def _schedule_extend(self) -> ScheduledBatch | None:
+        free_rows = self.table.available_size()
+        budget = self.cfg.max_prefill_tokens
+        reserve = sum(min(DECODE_RESERVE_PER_REQ, r.sampling_params.max_new_tokens - len(r.output_ids))
+                      for r in self.running)
+        reqs, extend_lens = [], []
+        candidates = ([self.chunked] if self.chunked else []) + order_waiting(
+            self.cfg.schedule_policy, self.waiting, self.cache)
+        self.chunked = None
+        for req in candidates:
+            carried = req.table_row is not None  # the chunked request from the last step
+            if budget <= 0 or len(self.running) + len(reqs) >= self.cfg.max_running_requests:
+                self.chunked = req if carried else None
+                break
+            if not carried:
+                if free_rows == 0:
+                    break
+                self._match_prefix(req)
+            remaining = req.seq_len - req.kv_len
+            extend_len = min(remaining, budget, self.cfg.chunked_prefill_size)
+            needed = self.pool.pages_needed(req.kv_len, extend_len) * self.pool.page_size
+            if not self._ensure_free(needed + reserve):  # reserve includes this batch's earlier picks
+                if carried:
+                    self.chunked = req
+                else:
+                    self._unmatch(req)
+                break
+            if not carried:
+                req.table_row = self.table.allocate()
+                free_rows -= 1
+                self.table.table[req.table_row, :req.cached_len] = req.prefix_slots
+                req.prefix_slots = None
+            reqs.append(req)
+            extend_lens.append(extend_len)
+            budget -= extend_len
+            reserve += needed + min(DECODE_RESERVE_PER_REQ, req.sampling_params.max_new_tokens)
+            if extend_len < remaining:
+                self.chunked = req  # at most one chunked request; it goes first next step
+                break
+        if not reqs:
+            return None
+        admitted = {id(r) for r in reqs}
+        self.waiting = [r for r in self.waiting if id(r) not in admitted]
+        return self._build(ForwardMode.EXTEND, reqs, extend_lens)
+
+    def _match_prefix(self, req: Req) -> None:
+        match = self.cache.match_prefix(prefix_key(req), req.extra_key)
+        self.cache.lock(match.node)
+        req.last_node, req.kv_len, req.cached_len = match.node, match.prefix_len, match.prefix_len
+        req.prefix_slots = match.slots
+
+    def _unmatch(self, req: Req) -> None:
+        """Undo `_match_prefix` for a request that could not be given memory after all."""
+        self.cache.unlock(req.last_node)
+        req.last_node, req.prefix_slots, req.kv_len, req.cached_len = None, None, 0, 0
+
+    def _ensure_free(self, num_slots: int) -> bool:
+        short = num_slots - self.pool.available_size()
+        if short > 0:
+            self.cache.evict(short)
+        return self.pool.available_size() >= num_slots
+
+    def _schedule_decode(self) -> ScheduledBatch | None:
+        if not self.running:
+            return None
+        while True:
+            needed = sum(self.pool.pages_needed(r.kv_len, 1) for r in self.running) * self.pool.page_size
+            if self._ensure_free(needed):
+                break
+            if len(self.running) == 1:  # cannot grow even alone: end it rather than loop
+                req = self.running.pop()
+                req.finish_reason = FinishReason(FinishKind.LENGTH, message="KV pool exhausted")
+                self._release(req)
+                self._pending_outputs.append(self._token_out(req))
+                return None
+            self._retract(max(self.running, key=lambda r: (r.arrival_time, r.rid)))
+        return self._build(ForwardMode.DECODE, list(self.running), [1] * len(self.running))
+
+    def _retract(self, req: Req) -> None:
+        """Give back a running request's KV (kept in the prefix cache where possible) and
+        re-queue it; it resumes later by prefilling prompt + output so far."""
+        self.running.remove(req)
+        self._free_kv(req)
+        req.kv_len = req.cached_len = 0
+        req.num_retractions += 1
+        self.stats["num_retractions"] += 1
+        self.waiting.insert(0, req)
+
+    def _free_kv(self, req: Req) -> None:
+        if req.table_row is None:
+            return
+        slots = self.table.table[req.table_row, :req.kv_len].clone()
+        self.cache.cache_finished(req.fill_ids[:req.kv_len], slots, req.last_node, req.extra_key)
+        self.table.free(req.table_row)
+        req.table_row, req.last_node = None, None
+
+    def _release(self, req: Req) -> None:
+        self._free_kv(req)
+
+    # ---- batch construction --------------------------------------------------
+    def _build(self, mode: ForwardMode, reqs: list[Req], extend_lens: list[int]) -> ScheduledBatch:
+        prefix_lens = [r.kv_len for r in reqs]
+        input_ids, positions, out_locs, logits_rows = [], [], [], []
+        num_rows, samples, lp_positions = [], [], []
+        row_offset = 0
+        for req, prefix_len, extend_len in zip(reqs, prefix_lens, extend_lens):
+            last_slot = int(self.table.table[req.table_row, prefix_len - 1]) if prefix_len else None
+            slots = self.pool.allocate(prefix_len, extend_len, last_slot)
+            self.table.table[req.table_row, prefix_len:prefix_len + extend_len] = slots
+            out_locs.append(slots)
+            if mode == ForwardMode.DECODE:
+                input_ids.append(req.output_ids[-1])
+                positions.append(prefix_len)
+            else:
+                input_ids.extend(req.fill_ids[prefix_len:prefix_len + extend_len])
+                positions.extend(range(prefix_len, prefix_len + extend_len))
+            lp_pos = self._prompt_logprob_positions(req, prefix_len, extend_len)
+            completes = prefix_len + extend_len == req.seq_len
+            offsets = [p - prefix_len for p in lp_pos] + ([extend_len - 1] if completes else [])
+            logits_rows.extend(row_offset + o for o in offsets)
+            num_rows.append(len(offsets))
+            samples.append(completes)
+            lp_positions.append(lp_pos)
+            row_offset += extend_len
+        seq_lens = [p + e for p, e in zip(prefix_lens, extend_lens)]
+        rows = torch.tensor([r.table_row for r in reqs], dtype=torch.int64)
+        fb = ForwardBatch(
+            mode=mode,
+            input_ids=torch.tensor(input_ids, dtype=torch.int64),
+            positions=torch.tensor(positions, dtype=torch.int64),
+            out_cache_loc=torch.cat(out_locs),
+            extend_lens=list(extend_lens),
+            seq_lens=seq_lens,
+            kv_indices=self.table.table[rows, :max(seq_lens)],
+            logits_indices=torch.tensor(logits_rows, dtype=torch.int64),
+        )
+        return ScheduledBatch(mode, reqs, list(extend_lens), prefix_lens, fb, num_rows, samples, lp_positions)
+
+    @staticmethod
+    def _prompt_logprob_positions(req: Req, prefix_len: int, extend_len: int) -> list[int]:
+        """Positions p in this step whose logits score prompt token p+1, for requests
+        that asked for prompt logprobs from logprob_start_len on."""
+        if not req.wants_prompt_logprobs or req.output_ids:
+            return []
+        first = max(prefix_len, req.logprob_start_len - 1, 0)
+        last = min(prefix_len + extend_len, len(req.origin_input_ids) - 1)
+        return list(range(first, last))
+
+    # ---- results ------------------------------------------------------------
+    def _process_result(self, batch: ScheduledBatch, result) -> list[TokenOut]:
+        outputs = []
+        if batch.mode == ForwardMode.DECODE:
+            self.stats["decode_steps"] += 1
+        else:
+            self.stats["extend_steps"] += 1
+        for i, req in enumerate(batch.reqs):
+            req.kv_len = batch.prefix_lens[i] + batch.extend_lens[i]
+            if req.finished:  # aborted while the step ran (not possible today, kept safe)
+                continue
+            if req.wants_prompt_logprobs and result.prompt_logprobs.get(i):
+                self._add_prompt_logprobs(req, result.prompt_logprobs[i])
+            if req.kv_len < req.seq_len:  # more prefill chunks to go
+                if batch.mode == ForwardMode.EXTEND:
+                    self._cache_chunk(req)
+                continue
+            if batch.mode == ForwardMode.EXTEND:
+                self.stats["prompt_tokens"] += batch.extend_lens[i]
+                if not req.output_ids:
+                    req.cached_tokens = max(req.cached_tokens, batch.prefix_lens[i])
+                    self.stats["cached_tokens"] += batch.prefix_lens[i]
+            if req.sampling_params.max_new_tokens == 0:
+                req.finish_reason = FinishReason(FinishKind.LENGTH)
+            else:
+                token = int(result.next_token_ids[i])
+                req.output_ids.append(token)
+                self.stats["generation_tokens"] += 1
+                if req.return_logprob:
+                    lp, top = result.output_logprobs[i]
+                    req.output_token_logprobs.append((lp, token))
+                    req.output_top_logprobs.append(top)
+                self._check_finished(req, token)
+            if req.finished:
+                self._release(req)
+                if req in self.running:
+                    self.running.remove(req)
+            elif batch.mode == ForwardMode.EXTEND:
+                self.running.append(req)
+            out = self._token_out(req) if (req.finished or self._streams(req)) else None
+            if out is not None:
+                outputs.append(out)
+        return outputs
+
+    def _cache_chunk(self, req: Req) -> None:
+        """Let the prefix cache share the chunks prefilled so far."""
+        slots = self.table.table[req.table_row, :req.kv_len].clone()
+        match = self.cache.cache_unfinished(req.fill_ids[:req.kv_len], slots, req.last_node, req.extra_key)
+        if match.node is not None:
+            self.table.table[req.table_row, :match.prefix_len] = match.slots
+            req.last_node, req.cached_len = match.node, match.prefix_len
+
+    def _add_prompt_logprobs(self, req: Req, items: list[tuple[float, int, list]]) -> None:
+        if req.input_token_logprobs is None:
+            req.input_token_logprobs, req.input_top_logprobs = [], []
+            if req.logprob_start_len == 0:
+                req.input_token_logprobs.append((None, req.origin_input_ids[0]))
+                req.input_top_logprobs.append(None)
+        for lp, token, top in items:
+            req.input_token_logprobs.append((lp, token))
+            req.input_top_logprobs.append(top)
+
+    def _check_finished(self, req: Req, token: int) -> None:
+        sp = req.sampling_params
+        num_out = len(req.output_ids)
+        if num_out >= sp.min_new_tokens and (
+                (sp.stop_token_ids and token in sp.stop_token_ids)
+                or (not sp.ignore_eos and token in self.eos_ids)):
+            req.finish_reason = FinishReason(FinishKind.STOP, matched=token)
+        elif num_out >= sp.max_new_tokens or req.seq_len >= self.context_len:
+            req.finish_reason = FinishReason(FinishKind.LENGTH)
+
+    @staticmethod
+    def _streams(req: Req) -> bool:
+        # stop strings are matched on text in the main process, so it needs every token
+        return req.stream or bool(req.sampling_params.stop)
+
+    def _token_out(self, req: Req) -> TokenOut:
+        new = req.output_ids[req.num_sent:]
+        out = TokenOut(
+            rid=req.rid, new_token_ids=new, new_text="", finished=req.finished,
+            finish_reason=req.finish_reason, prompt_tokens=len(req.origin_input_ids),
+            completion_tokens=len(req.output_ids), cached_tokens=req.cached_tokens)
+        if req.return_logprob:
+            out.output_token_logprobs = req.output_token_logprobs[req.num_sent:]
+            out.output_top_logprobs = req.output_top_logprobs[req.num_sent:]
+            if req.input_token_logprobs is not None and not req.input_logprobs_sent and \
+                    (req.finished or req.output_ids):
+                out.input_token_logprobs = req.input_token_logprobs
+                out.input_top_logprobs = req.input_top_logprobs
+                req.input_logprobs_sent = True
+        req.num_sent = len(req.output_ids)
+        return out
+
+    # ---- introspection --------------------------------------------------------
+    def check_no_leaks(self) -> None:
+        """Raise if, with no requests alive, any slot is neither free nor in the cache."""
+        assert not self.has_work, "requests are still alive"
+        held = self.pool.available_size() + self.cache.total_size()
+        if held != self.pool.capacity:
+            raise AssertionError(f"KV leak: {self.pool.capacity - held} slots unaccounted for")
+        if self.cache.protected_size() != 0:
+            raise AssertionError(f"{self.cache.protected_size()} cached slots still locked")

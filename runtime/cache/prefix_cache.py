@@ -32,6 +32,8 @@ class PrefixCache(abc.ABC):
     """Contract: every slot handed to `cache_finished`/`cache_unfinished` is owned by
     the caller and becomes the cache's responsibility; counts stay exact."""
 
+    shares = True  # False for caches that never return a prefix (scheduling shortcuts)
+
     def __init__(self, pool: KVPool) -> None:
         self.pool = pool
 
@@ -83,6 +85,8 @@ class PrefixCache(abc.ABC):
 
 class NoPrefixCache(PrefixCache):
     """Shares nothing: a finished request's slots go straight back to the pool."""
+
+    shares = False
 
     _EMPTY = torch.empty(0, dtype=torch.int64)
 

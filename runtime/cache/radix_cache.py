@@ -19,6 +19,7 @@ from typing import Iterator
 import torch
 
 from runtime.cache.kv_pool import KVPool
+from runtime.cache.page_hash import chain_page_hashes, namespace_seed
 from runtime.cache.prefix_cache import PrefixCache, PrefixMatch
 
 _clock = itertools.count()  # monotonic access stamps (deterministic, unlike time.time)
@@ -50,6 +51,7 @@ class RadixCache(PrefixCache):
     # ---- structure helpers ---------------------------------------------------
     def reset_tree(self) -> None:
         self.roots: dict[str | None, Node] = {}
+        self.hash_index: dict[int, Node] = {}  # page hash -> node holding that page
         self._evictable = 0
         self._protected = 0
 
@@ -58,6 +60,7 @@ class RadixCache(PrefixCache):
         if root is None and create:
             root = self.roots[extra_key] = Node([], torch.empty(0, dtype=torch.int64), None)
             root.lock_ref = 1  # roots are never evicted
+            root.page_hashes = [namespace_seed(extra_key)]  # chain seed, not a page
         return root
 
     def _head(self, key: list[int], start: int = 0) -> tuple[int, ...]:
@@ -85,6 +88,8 @@ class RadixCache(PrefixCache):
         node.key, node.value = node.key[at:], node.value[at:]
         node.page_hashes = node.page_hashes[at // self.page_size:]
         node.parent = upper
+        for h in upper.page_hashes:
+            self.hash_index[h] = upper
         return upper
 
     # ---- PrefixCache interface --------------------------------------------------
@@ -142,7 +147,19 @@ class RadixCache(PrefixCache):
         return pos
 
     def _on_new_node(self, node: Node) -> None:
-        """Hook for subclasses (page hashing)."""
+        node.page_hashes = chain_page_hashes(node.key, self.page_size, node.parent.page_hashes[-1])
+        for h in node.page_hashes:
+            self.hash_index[h] = node
+
+    def lookup_page_hashes(self, hashes: list[int]) -> int:
+        """How many leading pages of a prefix (given as `prefix_page_hashes`) are cached;
+        multiply by page_size for tokens."""
+        n = 0
+        for h in hashes:
+            if h not in self.hash_index:
+                break
+            n += 1
+        return n
 
     def cache_finished(self, token_ids, slots, locked_node, extra_key=None) -> None:
         owned_from = locked_node.depth if locked_node is not None else 0
@@ -175,13 +192,11 @@ class RadixCache(PrefixCache):
             self._evictable -= len(leaf.key)
             parent = leaf.parent
             del parent.children[self._head(leaf.key)]
-            self._on_evict(leaf)
+            for h in leaf.page_hashes:
+                self.hash_index.pop(h, None)
             if not parent.children and parent.lock_ref == 0 and parent.parent is not None:
                 heapq.heappush(heap, parent)
         return freed
-
-    def _on_evict(self, node: Node) -> None:
-        """Hook for subclasses (page hashing)."""
 
     def evictable_size(self) -> int:
         return self._evictable

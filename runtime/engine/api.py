@@ -296,11 +296,11 @@ class Engine:
             self._inbox.put(AbortRequest(r))
 
     # ---- control ------------------------------------------------------------
-    def _control(self, kind: str, timeout: float = 60.0) -> ControlReply:
+    def _control(self, kind: str, timeout: float = 60.0, **args) -> ControlReply:
         request_id = uuid.uuid4().hex
         waiter = _Waiter(None)
         self._replies[request_id] = waiter
-        self._inbox.put(ControlRequest(request_id, kind))
+        self._inbox.put(ControlRequest(request_id, kind, args))
         try:
             return waiter.queue.get(timeout=timeout)
         except queue.Empty:
@@ -309,6 +309,11 @@ class Engine:
 
     def get_server_info(self) -> dict:
         return self._control("get_info").result
+
+    def lookup_page_hashes(self, hashes: list[int]) -> dict:
+        """How much of a prefix the cache holds, asked by its chained page hashes
+        (`runtime.cache.page_hash.prefix_page_hashes`): {"pages", "tokens", "page_size"}."""
+        return self._control("lookup_page_hashes", hashes=list(hashes)).result
 
     def flush_cache(self) -> None:
         reply = self._control("flush_cache")

@@ -78,6 +78,11 @@ class EngineCore:
                     f"{n['waiting']} waiting)"))
             self.cache.reset()
             return ControlReply(msg.request_id, True, {"flushed": True})
+        if msg.kind == "lookup_page_hashes":
+            lookup = getattr(self.cache, "lookup_page_hashes", None)
+            pages = lookup(msg.args["hashes"]) if lookup else 0
+            return ControlReply(msg.request_id, True, {"pages": pages, "tokens": pages * self.cfg.page_size,
+                                                       "page_size": self.cfg.page_size})
         if msg.kind == "get_step_times":
             return ControlReply(msg.request_id, True, self.step_times)
         if msg.kind == "reset_step_times":

@@ -20,6 +20,7 @@ from runtime.engine.forward_batch import ForwardBatch, ForwardMode
 from runtime.engine.schedule_policy import order_waiting, prefix_key
 
 DECODE_RESERVE_PER_REQ = 16  # slots kept free per running request when admitting prefills
+IN_BATCH_SHARE_MIN = 32  # defer a request that would share this many uncached tokens with the batch
 
 
 @dataclass
@@ -124,6 +125,9 @@ class Scheduler:
                 if free_rows == 0:
                     break
                 self._match_prefix(req)
+                if self._shares_uncached_prefix(req, reqs):
+                    self._unmatch(req)  # wait one step: it will hit what the other computes
+                    continue
             remaining = req.seq_len - req.kv_len
             extend_len = min(remaining, budget, self.cfg.chunked_prefill_size)
             needed = self.pool.pages_needed(req.kv_len, extend_len) * self.pool.page_size
@@ -156,6 +160,17 @@ class Scheduler:
         self.cache.lock(match.node)
         req.last_node, req.kv_len, req.cached_len = match.node, match.prefix_len, match.prefix_len
         req.prefix_slots = match.slots
+        if not req.output_ids and not req.num_retractions:
+            req.cached_tokens = match.prefix_len  # what the user is told was served from cache
+
+    def _shares_uncached_prefix(self, req: Req, batch: list[Req]) -> bool:
+        """In-batch prefix sharing: True if a request already in this batch will compute
+        at least IN_BATCH_SHARE_MIN tokens that this one could then read from the cache."""
+        if not self.cache.shares:
+            return False
+        key = prefix_key(req)
+        return any(common_prefix_len(key, other.fill_ids) - req.kv_len >= IN_BATCH_SHARE_MIN
+                   for other in batch if other.extra_key == req.extra_key)
 
     def _unmatch(self, req: Req) -> None:
         """Undo `_match_prefix` for a request that could not be given memory after all."""
@@ -267,15 +282,13 @@ class Scheduler:
                 continue
             if req.wants_prompt_logprobs and result.prompt_logprobs.get(i):
                 self._add_prompt_logprobs(req, result.prompt_logprobs[i])
-            if req.kv_len < req.seq_len:  # more prefill chunks to go
-                if batch.mode == ForwardMode.EXTEND:
-                    self._cache_chunk(req)
-                continue
             if batch.mode == ForwardMode.EXTEND:
-                self.stats["prompt_tokens"] += batch.extend_lens[i]
-                if not req.output_ids:
-                    req.cached_tokens = max(req.cached_tokens, batch.prefix_lens[i])
-                    self.stats["cached_tokens"] += batch.prefix_lens[i]
+                self._cache_chunk(req)  # share the computed prompt now, not only at the end
+            if req.kv_len < req.seq_len:  # more prefill chunks to go
+                continue
+            if batch.mode == ForwardMode.EXTEND and not req.output_ids and not req.num_retractions:
+                self.stats["prompt_tokens"] += len(req.origin_input_ids)
+                self.stats["cached_tokens"] += req.cached_tokens
             if req.sampling_params.max_new_tokens == 0:
                 req.finish_reason = FinishReason(FinishKind.LENGTH)
             else:
@@ -357,3 +370,15 @@ class Scheduler:
             raise AssertionError(f"KV leak: {self.pool.capacity - held} slots unaccounted for")
         if self.cache.protected_size() != 0:
             raise AssertionError(f"{self.cache.protected_size()} cached slots still locked")
+
+
+def common_prefix_len(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix (binary search over C-level slice compares)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from runtime.cache.kv_pool import KVPool
+from runtime.cache.page_hash import prefix_page_hashes
 from runtime.cache.radix_cache import RadixCache
 
 
@@ -60,6 +61,17 @@ def test_page_aligned_keys():
     assert pool.available_size() + cache.total_size() == pool.capacity
     assert cache.match_prefix(list(range(7))).prefix_len == 4
     assert cache.match_prefix(list(range(12))).prefix_len == 8
+
+
+def test_lookup_page_hashes():
+    pool, cache = make(num_slots=64, page_size=2)
+    tokens = [3, 1, 4, 1, 5, 9, 2, 6]
+    cache.insert(tokens, pool.allocate(0, 8, None), extra_key="t")
+    assert cache.lookup_page_hashes(prefix_page_hashes(tokens, 2, "t")) == 4
+    assert cache.lookup_page_hashes(prefix_page_hashes(tokens[:4] + [0, 0], 2, "t")) == 2
+    assert cache.lookup_page_hashes(prefix_page_hashes(tokens, 2)) == 0  # other namespace
+    cache.evict(2)  # evicts the whole leaf: the tree held one node
+    assert cache.lookup_page_hashes(prefix_page_hashes(tokens, 2, "t")) == 0
 
 
 class RadixMachine(RuleBasedStateMachine):
@@ -161,6 +173,21 @@ class RadixMachine(RuleBasedStateMachine):
                 1 for _, _, n, _ in self.live.values() if n is node)
         assert self.cache.evictable_size() == evictable
         assert self.cache.protected_size() == protected
+
+    @invariant()
+    def page_hashes_name_their_prefix(self):
+        indexed = 0
+        for root in self.cache.roots.values():
+            stack = [(root, [])]
+            while stack:
+                node, tokens = stack.pop()
+                if node.parent is not None:
+                    expected = prefix_page_hashes(tokens)[-len(node.key):]
+                    assert node.page_hashes == expected
+                    assert all(self.cache.hash_index[h] is node for h in expected)
+                    indexed += len(expected)
+                stack.extend((c, tokens + c.key) for c in node.children.values())
+        assert indexed == len(self.cache.hash_index)
 
     @invariant()
     def locked_prefixes_survive(self):

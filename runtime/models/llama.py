@@ -8,6 +8,7 @@ All token tensors are flattened across the batch: [T, ...].
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from runtime.config import ModelConfig
@@ -103,7 +104,7 @@ class LlamaForCausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [N, hidden] -> float32 logits [N, vocab_size]."""
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return (hidden @ weight.t()).float()
+        return F.linear(hidden, weight).float()
 
 
 class MistralForCausalLM(LlamaForCausalLM):

@@ -53,6 +53,7 @@ class SamplingParams:
     json_schema: str | dict | None = None
     regex: str | None = None
     ebnf: str | None = None
+    structural_tag: str | dict | None = None  # free text with triggered JSON segments (tool calls)
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     no_stop_trim: bool = False
@@ -107,9 +108,9 @@ class SamplingParams:
             check(all(isinstance(t, int) and t >= 0 and (vocab_size is None or t < vocab_size)
                       for t in self.stop_token_ids),
                   "stop_token_ids", f"token ids in [0, {vocab_size})")
-        num_constraints = sum(x is not None for x in (self.json_schema, self.regex, self.ebnf))
+        num_constraints = sum(x is not None for x in (self.json_schema, self.regex, self.ebnf, self.structural_tag))
         if num_constraints > 1:
-            raise ValueError("only one of json_schema, regex, ebnf may be set")
+            raise ValueError("only one of json_schema, regex, ebnf, structural_tag may be set")
 
 
 def new_rid() -> str:

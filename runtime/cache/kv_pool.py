@@ -76,6 +76,22 @@ class KVPool:
             parts.append(slots)
         return torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64)
 
+    def allocate_decode(self, last_slots: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """One slot per sequence for its token at `positions` [B]; last_slots [B] holds
+        each sequence's slot at position-1. Caller checks capacity first."""
+        p = self.page_size
+        if p == 1:
+            out = self._free_pages[:len(positions)]
+            self._free_pages = self._free_pages[len(positions):]
+            return out.clone()
+        out = last_slots + 1  # continue the current page ...
+        starts_page = positions % p == 0  # ... unless the token opens a new one
+        num_new = int(starts_page.sum())
+        if num_new:
+            out[starts_page] = self._free_pages[:num_new] * p
+            self._free_pages = self._free_pages[num_new:]
+        return out
+
     def free(self, slots: torch.Tensor) -> None:
         """Return slots to the pool. With pages, a page is freed when its first slot is;
         callers free whole pages (a sequence's slots from a page boundary onwards)."""

@@ -222,6 +222,8 @@ class Scheduler:
 
     # ---- batch construction --------------------------------------------------
     def _build(self, mode: ForwardMode, reqs: list[Req], extend_lens: list[int]) -> ScheduledBatch:
+        if mode == ForwardMode.DECODE:
+            return self._build_decode(reqs)
         prefix_lens = [r.kv_len for r in reqs]
         input_ids, positions, out_locs, logits_rows = [], [], [], []
         num_rows, samples, lp_positions = [], [], []
@@ -231,12 +233,8 @@ class Scheduler:
             slots = self.pool.allocate(prefix_len, extend_len, last_slot)
             self.table.table[req.table_row, prefix_len:prefix_len + extend_len] = slots
             out_locs.append(slots)
-            if mode == ForwardMode.DECODE:
-                input_ids.append(req.output_ids[-1])
-                positions.append(prefix_len)
-            else:
-                input_ids.extend(req.fill_ids[prefix_len:prefix_len + extend_len])
-                positions.extend(range(prefix_len, prefix_len + extend_len))
+            input_ids.extend(req.fill_ids[prefix_len:prefix_len + extend_len])
+            positions.extend(range(prefix_len, prefix_len + extend_len))
             lp_pos = self._prompt_logprob_positions(req, prefix_len, extend_len)
             completes = prefix_len + extend_len == req.seq_len
             offsets = [p - prefix_len for p in lp_pos] + ([extend_len - 1] if completes else [])
@@ -258,6 +256,28 @@ class Scheduler:
             logits_indices=torch.tensor(logits_rows, dtype=torch.int64),
         )
         return ScheduledBatch(mode, reqs, list(extend_lens), prefix_lens, fb, num_rows, samples, lp_positions)
+
+    def _build_decode(self, reqs: list[Req]) -> ScheduledBatch:
+        """One new token per request, vectorized over the batch (this runs every step)."""
+        num = len(reqs)
+        prefix_lens = [r.kv_len for r in reqs]
+        rows = torch.tensor([r.table_row for r in reqs], dtype=torch.int64)
+        kv_lens = torch.tensor(prefix_lens, dtype=torch.int64)  # [B] position of the new token
+        slots = self.pool.allocate_decode(self.table.table[rows, kv_lens - 1], kv_lens)
+        self.table.table[rows, kv_lens] = slots
+        seq_lens = [n + 1 for n in prefix_lens]
+        fb = ForwardBatch(
+            mode=ForwardMode.DECODE,
+            input_ids=torch.tensor([r.output_ids[-1] for r in reqs], dtype=torch.int64),
+            positions=kv_lens,
+            out_cache_loc=slots,
+            extend_lens=[1] * num,
+            seq_lens=seq_lens,
+            kv_indices=self.table.table[rows, :max(seq_lens)],
+            logits_indices=torch.arange(num),
+        )
+        return ScheduledBatch(ForwardMode.DECODE, reqs, [1] * num, prefix_lens, fb, [1] * num, [True] * num,
+                              [[] for _ in reqs])
 
     @staticmethod
     def _prompt_logprob_positions(req: Req, prefix_len: int, extend_len: int) -> list[int]:

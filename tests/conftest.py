@@ -1,0 +1,21 @@
+"""Shared pytest fixtures (demo checkpoint + its real Qwen2.5 tokenizer)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path():
+    """Cached random-weight qwen2 tiny fp32 checkpoint (built on first use, ~5 s)."""
+    from runtime.demo.checkpoint import demo_model_path
+
+    return demo_model_path("qwen2", "tiny", "float32")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model_path):
+    """The demo checkpoint's tokenizer (a real Qwen2.5 tokenizer), loaded once."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_path)

@@ -107,6 +107,8 @@ class EngineConfig:
     schedule_policy: str = "lpm"
     disable_radix_cache: bool = False
     random_seed: int = 0
+    grammar_backend: str = "auto"  # auto | xgrammar | llguidance | outlines
+    grammar_compile_timeout_s: float = 30.0
     num_threads: int | None = None  # torch CPU threads in the engine process
     extra: dict = field(default_factory=dict)
 

@@ -190,6 +190,8 @@ class Req:
     cached_tokens: int = 0  # prompt tokens served from the cache (reported to the user)
     finish_reason: FinishReason | None = None
     num_retractions: int = 0
+    grammar: Any = None  # GrammarMatcher while the output is constrained
+    grammar_submitted_at: float = 0.0
     # output bookkeeping: how many output ids were already sent in a TokenOut
     num_sent: int = 0
     output_token_logprobs: list[tuple[float, int]] = field(default_factory=list)

@@ -34,6 +34,7 @@ class EngineCore:
     """Everything the engine process owns; also usable in-process by tests."""
 
     def __init__(self, cfg: EngineConfig, model_path: str) -> None:
+        from runtime.engine.grammar_manager import GrammarManager
         from runtime.engine.model_runner import ModelRunner
         from runtime.engine.scheduler import Scheduler
 
@@ -41,8 +42,9 @@ class EngineCore:
         self.runner = ModelRunner(cfg, model_path)
         self.cache = make_prefix_cache(cfg, self.runner.pool)
         mc = self.runner.model_config
+        self.grammars = GrammarManager(cfg, model_path, mc.vocab_size, mc.eos_token_ids)
         self.scheduler = Scheduler(cfg, self.runner, self.runner.pool, self.runner.table, self.cache,
-                                   self.runner.context_len, mc.eos_token_ids)
+                                   self.runner.context_len, mc.eos_token_ids, self.grammars)
         self.step_times: list[dict] = []  # per step: mode, batch_size, wall s, forward s (bench only)
 
     def info(self) -> dict:
@@ -149,6 +151,8 @@ def run_engine_process(cfg: EngineConfig, model_path: str, inbox, outbox) -> Non
             outs += core.fail_all(f"{type(e).__name__}: {e}")
         if outs:
             outbox.put(outs)
+        if core.scheduler.last_batch is None and core.scheduler.has_work:
+            time.sleep(0.002)  # only grammars compiling: don't spin against the compile thread
 
 
 def _drain(inbox, block: bool) -> list:

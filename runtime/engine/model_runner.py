@@ -97,6 +97,8 @@ class ModelRunner:
         reqs = [batch.reqs[i] for i in sample_reqs]
         want_lp = [j for j, r in enumerate(reqs) if r.return_logprob]
         raw = rows[want_lp].clone() if want_lp else None  # logprobs use the unprocessed logits
+        if any(r.grammar is not None for r in reqs):
+            self._apply_grammars(rows, reqs)
         sb = SamplingBatch.build(
             [r.sampling_params for r in reqs], [r.output_ids for r in reqs],
             banned_token_ids=[self._banned(r) for r in reqs],
@@ -113,6 +115,16 @@ class ModelRunner:
                 top = list(zip(top_vals[k, :n].tolist(), top_ids[k, :n].tolist())) if n else []
                 result.output_logprobs[sample_reqs[j]] = (float(lps[k]), top)
         return result
+
+    def _apply_grammars(self, rows: torch.Tensor, reqs) -> None:
+        """Mask each constrained row ([B, V] logits, in place) to what its grammar allows."""
+        from runtime.constrained.bitmask import allocate_bitmask, apply_bitmask_
+
+        bitmask = allocate_bitmask(len(reqs), rows.shape[1])  # all allowed by default
+        for j, req in enumerate(reqs):
+            if req.grammar is not None:
+                req.grammar.fill_bitmask(bitmask, j)
+        apply_bitmask_(rows, bitmask.to(rows.device))
 
     def _banned(self, req) -> list[int]:
         """Tokens that would end the request before min_new_tokens."""

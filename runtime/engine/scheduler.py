@@ -37,11 +37,12 @@ class ScheduledBatch:
 
 class Scheduler:
     def __init__(self, cfg: EngineConfig, runner, pool: KVPool, table: ReqToTokenTable,
-                 cache: PrefixCache, context_len: int, eos_ids: tuple[int, ...]) -> None:
+                 cache: PrefixCache, context_len: int, eos_ids: tuple[int, ...], grammars=None) -> None:
         self.cfg, self.runner, self.pool, self.table, self.cache = cfg, runner, pool, table, cache
         self.context_len = context_len
         self.eos_ids = set(eos_ids)
         self.waiting: list[Req] = []
+        self.grammars = grammars  # GrammarManager: requests wait there while their grammar compiles
         self.running: list[Req] = []
         self.chunked: Req | None = None  # a request part-way through a chunked prefill
         self._pending_outputs: list[TokenOut] = []  # finishes decided outside a step
@@ -57,11 +58,29 @@ class Scheduler:
                   arrival_time=msg.arrival_time)
         req.stream = msg.stream
         error = self._check_fits(req)
+        spec = None
+        if not error and self.grammars is not None:
+            try:
+                spec = self.grammars.spec_for(req)
+            except ValueError as e:
+                error = f"invalid grammar: {e}"
         if error:
             req.finish_reason = FinishReason(FinishKind.ABORT, message=error)
             return [self._token_out(req)]
-        self.waiting.append(req)
+        if spec is not None:
+            self.grammars.submit(req, spec)
+        else:
+            self.waiting.append(req)
         return []
+
+    def _poll_grammars(self) -> None:
+        if self.grammars is None or not self.grammars.pending:
+            return
+        ready, failed = self.grammars.poll()
+        self.waiting += ready
+        for req, message in failed:
+            req.finish_reason = FinishReason(FinishKind.ABORT, message=message)
+            self._pending_outputs.append(self._token_out(req))
 
     def _check_fits(self, req: Req) -> str | None:
         prompt_len = len(req.origin_input_ids)
@@ -75,6 +94,10 @@ class Scheduler:
 
     def abort(self, rid: str) -> list[TokenOut]:
         reason = FinishReason(FinishKind.ABORT, message="aborted by request")
+        compiling = self.grammars.remove(rid) if self.grammars is not None else None
+        if compiling is not None:
+            compiling.finish_reason = reason
+            return [self._token_out(compiling)]
         for req in self.waiting:
             if req.rid == rid:
                 self.waiting.remove(req)
@@ -94,13 +117,15 @@ class Scheduler:
 
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self.chunked)
+        return bool(self.waiting or self.running or self.chunked or (self.grammars and self.grammars.pending))
 
     def num_requests(self) -> dict[str, int]:
-        return {"running": len(self.running) + (self.chunked is not None), "waiting": len(self.waiting)}
+        compiling = len(self.grammars.pending) if self.grammars else 0
+        return {"running": len(self.running) + (self.chunked is not None), "waiting": len(self.waiting) + compiling}
 
     # ---- one step ------------------------------------------------------------
     def step(self) -> list[TokenOut]:
+        self._poll_grammars()
         batch = self.last_batch = self._schedule_extend() or self._schedule_decode()
         outputs, self._pending_outputs = self._pending_outputs, []
         if batch is not None:
@@ -352,6 +377,13 @@ class Scheduler:
     def _check_finished(self, req: Req, token: int) -> None:
         sp = req.sampling_params
         num_out = len(req.output_ids)
+        if req.grammar is not None:
+            if not req.grammar.accept_token(token):  # the mask makes this unreachable
+                req.finish_reason = FinishReason(FinishKind.ABORT, message=f"grammar rejected token {token}")
+                return
+            if req.grammar.is_terminated():
+                req.finish_reason = FinishReason(FinishKind.STOP, matched=token)
+                return
         if num_out >= sp.min_new_tokens and (
                 (sp.stop_token_ids and token in sp.stop_token_ids)
                 or (not sp.ignore_eos and token in self.eos_ids)):

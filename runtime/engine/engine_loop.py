@@ -112,7 +112,7 @@ class EngineCore:
         """After an internal error: end every request with an abort naming the error."""
         outs = []
         s = self.scheduler
-        for req in list(s.waiting) + list(s.running) + ([s.chunked] if s.chunked else []):
+        for req in list(s.waiting) + list(s.running) + list(s.partial) + [r for r, _, _ in s.grammars.pending]:
             outs += s.abort(req.rid)
         for out in outs:
             out.finish_reason = FinishReason(FinishKind.ABORT, message=f"internal error: {error}")

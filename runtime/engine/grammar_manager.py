@@ -15,6 +15,7 @@ class GrammarManager:
         self.cfg, self.model_path = cfg, model_path
         self.vocab_size, self.eos_token_ids = vocab_size, list(eos_token_ids)
         self._compiler = None
+        self.tokenizer = None  # loaded with the compiler
         self.pending: list[tuple[Req, object, float]] = []  # (request, Future, deadline)
         self.compile_times: list[float] = []  # seconds, for metrics
 
@@ -28,8 +29,8 @@ class GrammarManager:
             from runtime.constrained.registry import DEFAULT_BACKEND, get_backend
 
             name = DEFAULT_BACKEND if self.cfg.grammar_backend == "auto" else self.cfg.grammar_backend
-            tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-            self._compiler = GrammarCompiler(get_backend(name, tokenizer, self.vocab_size, self.eos_token_ids))
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+            self._compiler = GrammarCompiler(get_backend(name, self.tokenizer, self.vocab_size, self.eos_token_ids))
         return self._compiler
 
     @staticmethod

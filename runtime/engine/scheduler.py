@@ -44,11 +44,13 @@ class Scheduler:
         self.waiting: list[Req] = []
         self.grammars = grammars  # GrammarManager: requests wait there while their grammar compiles
         self.running: list[Req] = []
-        self.chunked: Req | None = None  # a request part-way through a chunked prefill
+        # requests holding KV that need another extend before they can decode: the rest of
+        # a chunked prefill, or tokens appended by jump-forward. They go first.
+        self.partial: list[Req] = []
         self._pending_outputs: list[TokenOut] = []  # finishes decided outside a step
         self.last_batch: ScheduledBatch | None = None
         self.stats = {"num_retractions": 0, "prompt_tokens": 0, "generation_tokens": 0,
-                      "cached_tokens": 0, "decode_steps": 0, "extend_steps": 0}
+                      "cached_tokens": 0, "decode_steps": 0, "extend_steps": 0, "jump_forward_tokens": 0}
 
     # ---- messages ------------------------------------------------------------
     def add_request(self, msg: GenerateRequest) -> list[TokenOut]:
@@ -104,24 +106,22 @@ class Scheduler:
                 req.finish_reason = reason
                 self._release(req)
                 return [self._token_out(req)]
-        for req in list(self.running) + ([self.chunked] if self.chunked else []):
-            if req.rid == rid:
-                req.finish_reason = reason
-                self._release(req)
-                if req is self.chunked:
-                    self.chunked = None
-                else:
-                    self.running.remove(req)
-                return [self._token_out(req)]
+        for group in (self.running, self.partial):
+            for req in group:
+                if req.rid == rid:
+                    group.remove(req)
+                    req.finish_reason = reason
+                    self._release(req)
+                    return [self._token_out(req)]
         return []
 
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self.chunked or (self.grammars and self.grammars.pending))
+        return bool(self.waiting or self.running or self.partial or (self.grammars and self.grammars.pending))
 
     def num_requests(self) -> dict[str, int]:
         compiling = len(self.grammars.pending) if self.grammars else 0
-        return {"running": len(self.running) + (self.chunked is not None), "waiting": len(self.waiting) + compiling}
+        return {"running": len(self.running) + len(self.partial), "waiting": len(self.waiting) + compiling}
 
     # ---- one step ------------------------------------------------------------
     def step(self) -> list[TokenOut]:
@@ -138,13 +138,11 @@ class Scheduler:
         reserve = sum(min(DECODE_RESERVE_PER_REQ, r.sampling_params.max_new_tokens - len(r.output_ids))
                       for r in self.running)
         reqs, extend_lens = [], []
-        candidates = ([self.chunked] if self.chunked else []) + order_waiting(
-            self.cfg.schedule_policy, self.waiting, self.cache)
-        self.chunked = None
+        carried_over, self.partial = self.partial, []
+        candidates = carried_over + order_waiting(self.cfg.schedule_policy, self.waiting, self.cache)
         for req in candidates:
-            carried = req.table_row is not None  # the chunked request from the last step
+            carried = req.table_row is not None  # already holds KV (in carried_over)
             if budget <= 0 or len(self.running) + len(reqs) >= self.cfg.max_running_requests:
-                self.chunked = req if carried else None
                 break
             if not carried:
                 if free_rows == 0:
@@ -157,9 +155,7 @@ class Scheduler:
             extend_len = min(remaining, budget, self.cfg.chunked_prefill_size)
             needed = self.pool.pages_needed(req.kv_len, extend_len) * self.pool.page_size
             if not self._ensure_free(needed + reserve):  # reserve includes this batch's earlier picks
-                if carried:
-                    self.chunked = req
-                else:
+                if not carried:
                     self._unmatch(req)
                 break
             if not carried:
@@ -172,8 +168,11 @@ class Scheduler:
             budget -= extend_len
             reserve += needed + min(DECODE_RESERVE_PER_REQ, req.sampling_params.max_new_tokens)
             if extend_len < remaining:
-                self.chunked = req  # at most one chunked request; it goes first next step
-                break
+                break  # at most one request is split per step; its rest goes first next step
+        admitted_ids = {id(r) for r in reqs}
+        self.partial = [r for r in carried_over if id(r) not in admitted_ids]
+        if reqs and reqs[-1].kv_len + extend_lens[-1] < reqs[-1].seq_len:
+            self.partial.insert(0, reqs[-1])
         if not reqs:
             return None
         admitted = {id(r) for r in reqs}
@@ -345,10 +344,14 @@ class Scheduler:
                     req.output_token_logprobs.append((lp, token))
                     req.output_top_logprobs.append(top)
                 self._check_finished(req, token)
-            if req.finished:
-                self._release(req)
+            jumped = not req.finished and self._jump_forward(req)
+            if req.finished or jumped:
                 if req in self.running:
                     self.running.remove(req)
+            if req.finished:
+                self._release(req)
+            elif jumped:
+                self.partial.append(req)  # its forced tokens need an extend before decoding
             elif batch.mode == ForwardMode.EXTEND:
                 self.running.append(req)
             out = self._token_out(req) if (req.finished or self._streams(req)) else None
@@ -390,6 +393,35 @@ class Scheduler:
             req.finish_reason = FinishReason(FinishKind.STOP, matched=token)
         elif num_out >= sp.max_new_tokens or req.seq_len >= self.context_len:
             req.finish_reason = FinishReason(FinishKind.LENGTH)
+
+    def _jump_forward(self, req: Req) -> bool:
+        """Append the text the grammar forces next (e.g. `", "age": ` after a string) in
+        one go. The last sampled token is re-tokenized together with it, so the token
+        sequence stays what the tokenizer would produce for that text; that token's KV
+        is not computed yet, so replacing it costs nothing. True if tokens were added."""
+        if not (self.cfg.enable_jump_forward and req.grammar is not None) or req.return_logprob:
+            return False
+        forced = req.grammar.jump_forward_string()
+        if not forced:
+            return False
+        tokenizer = self.grammars.tokenizer
+        last = req.output_ids[-1]
+        last_text = tokenizer.decode([last])
+        if "\ufffd" in last_text:  # a partial UTF-8 character: not safe to re-tokenize
+            return False
+        new_ids = tokenizer.encode(last_text + forced, add_special_tokens=False)
+        room = req.sampling_params.max_new_tokens - len(req.output_ids) + 1
+        if len(new_ids) < 2 or len(new_ids) > room or req.seq_len + len(new_ids) > self.context_len:
+            return False
+        req.grammar.rollback(1)
+        for k, token in enumerate(new_ids):
+            if not req.grammar.accept_token(token):  # tokenizer and grammar disagree: undo
+                req.grammar.rollback(k)
+                req.grammar.accept_token(last)
+                return False
+        req.output_ids[-1:] = new_ids
+        self.stats["jump_forward_tokens"] += len(new_ids) - 1
+        return True
 
     @staticmethod
     def _streams(req: Req) -> bool:

@@ -1,0 +1,118 @@
+"""Grammar-constrained decoding through the engine (tiny random model, real tokenizer)."""
+
+import json
+import re
+
+import jsonschema
+import pytest
+from transformers import AutoTokenizer
+
+from runtime.demo.checkpoint import demo_model_path
+from tests.helpers import make_core, random_prompts, run_core
+
+pytest.importorskip("runtime.constrained")
+
+PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age", "email_address_primary"],
+          "properties": {"name": {"type": "string", "maxLength": 12},
+                         "age": {"type": "integer", "minimum": 0, "maximum": 120},
+                         "email_address_primary": {"type": "string", "maxLength": 12}}}
+IPV4 = r"((25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(25[0-5]|2[0-4]\d|1?\d?\d)"
+ISO_DATE = r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"
+
+
+@pytest.fixture(scope="module")
+def path():
+    return demo_model_path("qwen2", "tiny", "float32")
+
+
+@pytest.fixture(scope="module")
+def tok(path):
+    return AutoTokenizer.from_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def core(path):
+    return make_core(path, max_running_requests=8)
+
+
+def texts(tok, results):
+    return {rid: tok.decode(r["output_ids"], skip_special_tokens=True) for rid, r in results.items()}
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_json_schema_outputs_validate(core, tok, temperature):
+    params = [{"max_new_tokens": 96, "temperature": temperature, "sampling_seed": i, "json_schema": json.dumps(PERSON)}
+              for i in range(6)]
+    res = run_core(core, random_prompts(lens=(3, 8, 20, 40, 60, 90)), params)
+    stopped = 0
+    for rid, text in texts(tok, res).items():
+        if res[rid]["finish_reason"].kind.value == "stop":
+            jsonschema.validate(json.loads(text), PERSON)
+            stopped += 1
+    assert stopped >= 3, "bounded fields should let most outputs finish"
+    core.scheduler.check_no_leaks()
+
+
+@pytest.mark.parametrize("pattern", [IPV4, ISO_DATE])
+def test_regex(core, tok, pattern):
+    res = run_core(core, random_prompts(lens=(5, 9, 13)),
+                   [{"max_new_tokens": 32, "temperature": 1.0, "sampling_seed": i, "regex": pattern} for i in range(3)])
+    for rid, text in texts(tok, res).items():
+        assert res[rid]["finish_reason"].kind.value == "stop"
+        assert re.fullmatch(pattern, text, flags=re.ASCII) or re.fullmatch(pattern, text), text
+
+
+def test_choices_via_regex_alternation(core, tok):
+    res = run_core(core, random_prompts(lens=(4, 6, 8, 10)),
+                   [{"max_new_tokens": 8, "temperature": 1.0, "sampling_seed": i, "regex": "(sunny|rainy|cloudy)"}
+                    for i in range(4)])
+    assert set(texts(tok, res).values()) <= {"sunny", "rainy", "cloudy"}
+
+
+def test_truncation_is_length_not_stop(core, tok):
+    res = run_core(core, random_prompts(lens=(7,)), {"max_new_tokens": 5, "json_schema": json.dumps(PERSON),
+                                                     "temperature": 0.0})
+    assert res["r0"]["finish_reason"].kind.value == "length"
+    assert len(res["r0"]["output_ids"]) == 5
+
+
+def test_bad_specs_fail_only_that_request(core):
+    bad = [{"max_new_tokens": 8, "json_schema": "{not json"},
+           {"max_new_tokens": 8, "regex": "(unclosed"},
+           {"max_new_tokens": 8, "temperature": 0.0}]
+    res = run_core(core, random_prompts(lens=(5, 5, 5)), bad)
+    assert res["r0"]["finish_reason"].kind.value == "abort" and "grammar" in res["r0"]["finish_reason"].message
+    assert res["r1"]["finish_reason"].kind.value == "abort"
+    assert res["r2"]["finish_reason"].kind.value in ("stop", "length")
+    core.scheduler.check_no_leaks()
+
+
+def test_compile_timeout_fails_the_request_and_engine_stays_healthy(path):
+    core = make_core(path, grammar_compile_timeout_s=0.0)
+    schema = {"type": "object", "properties": {f"k{i}": {"type": "string"} for i in range(40)}}
+    res = run_core(core, random_prompts(lens=(5, 6)),
+                   [{"max_new_tokens": 8, "json_schema": json.dumps(schema)}, {"max_new_tokens": 4}])
+    assert "timed out" in res["r0"]["finish_reason"].message
+    assert res["r1"]["finish_reason"].kind.value in ("stop", "length")
+    core.scheduler.check_no_leaks()
+
+
+def test_jump_forward_saves_steps_and_stays_valid(path, tok):
+    schema = {"type": "object", "additionalProperties": False,
+              "required": ["customer_identifier_code", "shipping_destination_country"],
+              "properties": {"customer_identifier_code": {"type": "integer", "minimum": 0, "maximum": 99},
+                             "shipping_destination_country": {"enum": ["france", "japan"]}}}
+    params = {"max_new_tokens": 64, "temperature": 0.0, "json_schema": json.dumps(schema)}
+    prompts = random_prompts(lens=(6, 12, 30))
+    plain = make_core(path)
+    jump = make_core(path, enable_jump_forward=True)
+    off = run_core(plain, prompts, params)
+    on = run_core(jump, prompts, params)
+    for rid, text in texts(tok, on).items():
+        assert on[rid]["finish_reason"].kind.value == "stop"
+        jsonschema.validate(json.loads(text), schema)
+    assert jump.scheduler.stats["jump_forward_tokens"] > 10
+    steps_on = jump.scheduler.stats["decode_steps"] + jump.scheduler.stats["extend_steps"]
+    steps_off = plain.scheduler.stats["decode_steps"] + plain.scheduler.stats["extend_steps"]
+    assert steps_on < steps_off
+    jump.scheduler.check_no_leaks()

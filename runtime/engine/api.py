@@ -15,8 +15,17 @@ import weakref
 from typing import Any, AsyncIterator, Iterator
 
 from runtime.config import EngineConfig
-from runtime.core import (AbortRequest, ControlReply, ControlRequest, EngineFailed, EngineReady,
-                          GenerateRequest, SamplingParams, TokenOut, new_rid)
+from runtime.core import (
+    AbortRequest,
+    ControlReply,
+    ControlRequest,
+    EngineFailed,
+    EngineReady,
+    GenerateRequest,
+    SamplingParams,
+    TokenOut,
+    new_rid,
+)
 from runtime.engine.detokenizer import IncrementalDetokenizer
 from runtime.engine.engine_loop import run_engine_process
 from runtime.engine.output_processor import RequestState

@@ -14,8 +14,16 @@ import traceback
 
 from runtime.cache.prefix_cache import NoPrefixCache
 from runtime.config import EngineConfig
-from runtime.core import (AbortRequest, ControlReply, ControlRequest, EngineFailed, EngineReady,
-                          FinishKind, FinishReason, GenerateRequest)
+from runtime.core import (
+    AbortRequest,
+    ControlReply,
+    ControlRequest,
+    EngineFailed,
+    EngineReady,
+    FinishKind,
+    FinishReason,
+    GenerateRequest,
+)
 
 logger = logging.getLogger("radixflow.engine")
 

@@ -12,9 +12,9 @@ import torch
 
 from runtime.cache.kv_pool import KVPool, ReqToTokenTable
 from runtime.config import EngineConfig, ModelConfig
+from runtime.engine.sampler import SamplingBatch, compute_logprobs, sample
 from runtime.layers.attention import TorchNativeBackend
 from runtime.models.loader import load_model
-from runtime.engine.sampler import SamplingBatch, compute_logprobs, sample
 
 logger = logging.getLogger(__name__)
 

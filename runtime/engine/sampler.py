@@ -3,10 +3,11 @@
 Shapes: B = batch rows, V = vocab columns; logits are float32 [B, V].
 
 `sample` runs, per row: penalties -> banned tokens -> grammar mask -> then either argmax
-(greedy rows) or temperature -> top-k -> top-p -> min-p -> one random draw.
+(greedy rows) or temperature -> top-k -> top-p -> min-p -> one random draw. The rows are
+copied once, grouped (greedy, unseeded, seeded), so every group is a slice of that copy.
 
-How a sampled row is drawn (`_sample_rows`), all vectorized over [R, V]:
-  * probs = softmax(logits / T).
+How sampled rows are drawn (`_sample_rows`), vectorized over the rows:
+  * probs = softmax(logits / T)  [R, V].
   * rows with top-k / top-p / min-p look only at their K most likely tokens: torch.topk,
     for small K on just the column blocks with the largest maxima; K = max(64, top_k).
     Rows whose kept set does not fit in K are retried with K = 8192, then a full sort
@@ -67,8 +68,10 @@ class SamplingBatch:
         prompt_ids: list[list[int]] | None = None,
     ) -> "SamplingBatch":
         """Greedy rows (temperature < 1e-6 or top_k == 1) get temperature 0."""
-        if len(output_ids) != len(params):
-            raise ValueError("output_ids must have one list per row")
+        for name, lists in (("output_ids", output_ids), ("banned_token_ids", banned_token_ids),
+                            ("prompt_ids", prompt_ids)):
+            if lists is not None and len(lists) != len(params):
+                raise ValueError(f"{name} must have one list per row")
         greedy = [p.is_greedy or p.temperature < _GREEDY_TEMPERATURE for p in params]
 
         def f32(values: list[float]) -> torch.Tensor:
@@ -187,7 +190,7 @@ def _argmax(x: torch.Tensor) -> torch.Tensor:
 
 
 def _topk(w: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """w.topk(K) for non-negative w [R, N] -> (values [R, K] descending, columns [R, K]).
+    """w.topk(K) for w [R, N] -> (values [R, K] descending, columns [R, K]).
 
     torch.topk costs a pass over all N columns per row; when K is small, first keep the K
     blocks of _TOPK_BLOCK columns with the largest maxima: they hold the K largest values
@@ -199,7 +202,7 @@ def _topk(w: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor]:
     block_max = _block_reduce(w, torch.amax, _TOPK_BLOCK)  # [R, nb]
     blocks = block_max.topk(K, dim=-1).indices  # [R, K]
     cols, valid = _block_cols(blocks, N, _TOPK_BLOCK)  # [R, K * _TOPK_BLOCK]
-    cand = w.gather(1, cols).masked_fill_(~valid, -1.0)  # clamped duplicates never win
+    cand = w.gather(1, cols).masked_fill_(~valid, _NEG_INF)  # clamped duplicates lose
     vals, j = cand.topk(K, dim=-1)  # [R, K]
     return vals, cols.gather(1, j)
 
@@ -384,5 +387,5 @@ def compute_logprobs(
     chosen = logprobs.gather(1, token_ids.view(-1, 1).to(logits.device)).squeeze(1)  # [B]
     if top_n <= 0:
         return chosen, None, None
-    vals, ids = logprobs.topk(min(top_n, logits.shape[1]), dim=-1)  # [B, n]
+    vals, ids = _topk(logprobs, min(top_n, logits.shape[1]))  # [B, n] each
     return chosen, vals, ids

@@ -7,32 +7,16 @@ between steps. Nothing here waits on I/O; the engine loop feeds it messages.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-
-import torch
-
 from runtime.cache.kv_pool import KVPool, ReqToTokenTable
 from runtime.cache.prefix_cache import PrefixCache
 from runtime.config import EngineConfig
 from runtime.core import FinishKind, FinishReason, GenerateRequest, Req, TokenOut
-from runtime.engine.forward_batch import ForwardBatch, ForwardMode
+from runtime.engine.batch_builder import ScheduledBatch, build_batch
+from runtime.engine.forward_batch import ForwardMode
 from runtime.engine.schedule_policy import order_waiting, prefix_key
 
 DECODE_RESERVE_PER_REQ = 16  # slots kept free per running request when admitting prefills
 IN_BATCH_SHARE_MIN = 32  # defer a request that would share this many uncached tokens with the batch
-
-
-@dataclass
-class ScheduledBatch:
-    mode: ForwardMode
-    reqs: list[Req]
-    extend_lens: list[int]  # new tokens per request this step
-    prefix_lens: list[int]  # kv_len of each request before this step
-    forward: ForwardBatch
-    num_logits_rows: list[int]  # logits rows per request (prompt logprob rows, then the sample row)
-    samples: list[bool]  # whether a request gets a sampled token this step
-    prompt_logprob_positions: list[list[int]]  # absolute positions p scoring prompt token p+1
 
 
 class Scheduler:
@@ -127,6 +111,10 @@ class Scheduler:
     def step(self) -> list[TokenOut]:
         self._poll_grammars()
         batch = self.last_batch = self._schedule_extend() or self._schedule_decode()
+        if batch is None and self.partial and not self.running:
+            # partly extended requests hold KV but none fits its next extend: free one so
+            # the rest can move (it resumes from the prefix cache / by recomputation)
+            self._retract(self.partial[-1])
         outputs, self._pending_outputs = self._pending_outputs, []
         if batch is not None:
             outputs += self._process_result(batch, self.runner.run(batch))
@@ -177,7 +165,7 @@ class Scheduler:
             return None
         admitted = {id(r) for r in reqs}
         self.waiting = [r for r in self.waiting if id(r) not in admitted]
-        return self._build(ForwardMode.EXTEND, reqs, extend_lens)
+        return build_batch(self.pool, self.table, ForwardMode.EXTEND, reqs, extend_lens)
 
     def _match_prefix(self, req: Req) -> None:
         match = self.cache.match_prefix(prefix_key(req), req.extra_key)
@@ -221,12 +209,12 @@ class Scheduler:
                 self._pending_outputs.append(self._token_out(req))
                 return None
             self._retract(max(self.running, key=lambda r: (r.arrival_time, r.rid)))
-        return self._build(ForwardMode.DECODE, list(self.running), [1] * len(self.running))
+        return build_batch(self.pool, self.table, ForwardMode.DECODE, list(self.running), [1] * len(self.running))
 
     def _retract(self, req: Req) -> None:
         """Give back a running request's KV (kept in the prefix cache where possible) and
         re-queue it; it resumes later by prefilling prompt + output so far."""
-        self.running.remove(req)
+        (self.running if req in self.running else self.partial).remove(req)
         self._free_kv(req)
         req.kv_len = req.cached_len = 0
         req.num_retractions += 1
@@ -243,75 +231,6 @@ class Scheduler:
 
     def _release(self, req: Req) -> None:
         self._free_kv(req)
-
-    # ---- batch construction --------------------------------------------------
-    def _build(self, mode: ForwardMode, reqs: list[Req], extend_lens: list[int]) -> ScheduledBatch:
-        if mode == ForwardMode.DECODE:
-            return self._build_decode(reqs)
-        prefix_lens = [r.kv_len for r in reqs]
-        input_ids, positions, out_locs, logits_rows = [], [], [], []
-        num_rows, samples, lp_positions = [], [], []
-        row_offset = 0
-        for req, prefix_len, extend_len in zip(reqs, prefix_lens, extend_lens):
-            last_slot = int(self.table.table[req.table_row, prefix_len - 1]) if prefix_len else None
-            slots = self.pool.allocate(prefix_len, extend_len, last_slot)
-            self.table.table[req.table_row, prefix_len:prefix_len + extend_len] = slots
-            out_locs.append(slots)
-            input_ids.extend(req.fill_ids[prefix_len:prefix_len + extend_len])
-            positions.extend(range(prefix_len, prefix_len + extend_len))
-            lp_pos = self._prompt_logprob_positions(req, prefix_len, extend_len)
-            completes = prefix_len + extend_len == req.seq_len
-            offsets = [p - prefix_len for p in lp_pos] + ([extend_len - 1] if completes else [])
-            logits_rows.extend(row_offset + o for o in offsets)
-            num_rows.append(len(offsets))
-            samples.append(completes)
-            lp_positions.append(lp_pos)
-            row_offset += extend_len
-        seq_lens = [p + e for p, e in zip(prefix_lens, extend_lens)]
-        rows = torch.tensor([r.table_row for r in reqs], dtype=torch.int64)
-        fb = ForwardBatch(
-            mode=mode,
-            input_ids=torch.tensor(input_ids, dtype=torch.int64),
-            positions=torch.tensor(positions, dtype=torch.int64),
-            out_cache_loc=torch.cat(out_locs),
-            extend_lens=list(extend_lens),
-            seq_lens=seq_lens,
-            kv_indices=self.table.table[rows, :max(seq_lens)],
-            logits_indices=torch.tensor(logits_rows, dtype=torch.int64),
-        )
-        return ScheduledBatch(mode, reqs, list(extend_lens), prefix_lens, fb, num_rows, samples, lp_positions)
-
-    def _build_decode(self, reqs: list[Req]) -> ScheduledBatch:
-        """One new token per request, vectorized over the batch (this runs every step)."""
-        num = len(reqs)
-        prefix_lens = [r.kv_len for r in reqs]
-        rows = torch.tensor([r.table_row for r in reqs], dtype=torch.int64)
-        kv_lens = torch.tensor(prefix_lens, dtype=torch.int64)  # [B] position of the new token
-        slots = self.pool.allocate_decode(self.table.table[rows, kv_lens - 1], kv_lens)
-        self.table.table[rows, kv_lens] = slots
-        seq_lens = [n + 1 for n in prefix_lens]
-        fb = ForwardBatch(
-            mode=ForwardMode.DECODE,
-            input_ids=torch.tensor([r.output_ids[-1] for r in reqs], dtype=torch.int64),
-            positions=kv_lens,
-            out_cache_loc=slots,
-            extend_lens=[1] * num,
-            seq_lens=seq_lens,
-            kv_indices=self.table.table[rows, :max(seq_lens)],
-            logits_indices=torch.arange(num),
-        )
-        return ScheduledBatch(ForwardMode.DECODE, reqs, [1] * num, prefix_lens, fb, [1] * num, [True] * num,
-                              [[] for _ in reqs])
-
-    @staticmethod
-    def _prompt_logprob_positions(req: Req, prefix_len: int, extend_len: int) -> list[int]:
-        """Positions p in this step whose logits score prompt token p+1, for requests
-        that asked for prompt logprobs from logprob_start_len on."""
-        if not req.wants_prompt_logprobs or req.output_ids:
-            return []
-        first = max(prefix_len, req.logprob_start_len - 1, 0)
-        last = min(prefix_len + extend_len, len(req.origin_input_ids) - 1)
-        return list(range(first, last))
 
     # ---- results ------------------------------------------------------------
     def _process_result(self, batch: ScheduledBatch, result) -> list[TokenOut]:

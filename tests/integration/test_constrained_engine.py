@@ -106,7 +106,7 @@ def test_jump_forward_saves_steps_and_stays_valid(path, tok):
     prompts = random_prompts(lens=(6, 12, 30))
     plain = make_core(path)
     jump = make_core(path, enable_jump_forward=True)
-    off = run_core(plain, prompts, params)
+    run_core(plain, prompts, params)
     on = run_core(jump, prompts, params)
     for rid, text in texts(tok, on).items():
         assert on[rid]["finish_reason"].kind.value == "stop"

@@ -27,6 +27,7 @@ def test_five_turn_chat_hits_previous_prompt_and_reply(path, page_size):
                                    {"role": "user", "content": "What is 0 + 0?"}],
                                   add_generation_prompt=True, tokenize=False)
     ids = tok.encode(ids, add_special_tokens=False)
+    previous_len = 0
     for turn in range(5):
         out = run_core(core, [ids], {**GREEDY, "stop_token_ids": [151645]})["r0"]
         if turn:

@@ -68,8 +68,8 @@ class TorchNativeBackend(AttentionBackend):
 
     def forward(self, q, k, v, layer_id, fb):
         pool, md = self.pool, fb.attn_metadata
-        pool.k_buffers[layer_id][fb.out_cache_loc] = k
-        pool.v_buffers[layer_id][fb.out_cache_loc] = v
+        pool.k_buffers[layer_id].index_copy_(0, fb.out_cache_loc, k)
+        pool.v_buffers[layer_id].index_copy_(0, fb.out_cache_loc, v)
         keys = pool.k_buffers[layer_id][fb.kv_indices].transpose(1, 2)  # [B, Hkv, max_kv, D]
         values = pool.v_buffers[layer_id][fb.kv_indices].transpose(1, 2)
         queries = q[md.q_index].transpose(1, 2)  # [B, H, max_q, D]

@@ -161,10 +161,11 @@ def test_heterogeneous_batch_rows_follow_their_own_distributions(monkeypatch):
 @pytest.mark.parametrize("V,K", [(20000, 5), (20000, 40), (5000, 3), (100_003, 64), (700, 1)])
 def test_pruned_topk_equals_topk(V, K):
     g = torch.Generator().manual_seed(V + K)
-    w = torch.softmax(torch.randn(6, V, generator=g) * 2, dim=-1)
+    w = torch.randn(6, V, generator=g) * 2
     w[0] = 0.0  # all tied
-    w[1, -3:] = 1.0  # maxima in the partial last block
-    w[2, ::97] = 0.5  # many ties
+    w[1, -3:] = 100.0  # maxima in the partial last block
+    w[2, ::97] = 7.5  # many ties
+    w[3, : V // 2] = float("-inf")
     vals, cols = sampler._topk(w, K)
     assert torch.equal(vals, w.topk(K, dim=-1).values)
     assert torch.equal(w.gather(1, cols), vals)
@@ -270,6 +271,26 @@ def test_penalties_match_formulas(seed):
     assert max_abs_diff(logits.double(), expected) <= 1e-5
 
 
+def test_penalties_in_sample_follow_their_rows():
+    torch.manual_seed(6)
+    B, V = 8, 50
+    logits = torch.randn(B, V) * 0.5
+    top = logits.argmax(-1).tolist()
+    # every row penalizes its own favourite token (greedy rows) or 5 copies of it (sampled)
+    params = [SP(temperature=0.0, presence_penalty=2.0) if i % 2 else
+              SP(temperature=1.0, frequency_penalty=2.0, sampling_seed=i if i % 4 == 0 else None)
+              for i in range(B)]
+    outs = [[top[i]] if i % 2 else [top[i]] * 5 for i in range(B)]
+    batch = SamplingBatch.build(params, outs)
+    expected = logits.clone()
+    apply_penalties(expected, batch)
+    greedy = list(range(1, B, 2))
+    for _ in range(20):
+        out = sample(logits, batch)
+        assert torch.equal(out[greedy], expected.argmax(-1)[greedy])
+        assert all(out[i] != top[i] for i in range(B))
+
+
 # ----------------------------------------------------------------------------- seeds
 
 
@@ -369,17 +390,18 @@ def test_build():
     assert SamplingBatch.build(params[:3], [[]] * 3).is_all_greedy
 
 
-def test_compute_logprobs():
+@pytest.mark.parametrize("V,top_n", [(1000, 5), (5000, 5), (5000, 20)])
+def test_compute_logprobs(V, top_n):
     torch.manual_seed(5)
-    logits = torch.randn(6, 1000) * 5
-    ids = torch.randint(0, 1000, (6,))
+    logits = torch.randn(6, V) * 5
+    ids = torch.randint(0, V, (6,))
     ref = torch.log_softmax(logits, dim=-1)
-    chosen, vals, top = compute_logprobs(logits, ids, 5)
+    chosen, vals, top = compute_logprobs(logits, ids, top_n)
     assert max_abs_diff(chosen, ref[torch.arange(6), ids]) <= 1e-6
-    assert vals.shape == (6, 5) and top.shape == (6, 5)
-    assert (vals[:, :-1] >= vals[:, 1:]).all()
+    assert vals.shape == (6, top_n) and top.shape == (6, top_n)
+    assert (vals[:, :-1] >= vals[:, 1:]).all()  # sorted, best first
     assert max_abs_diff(vals, ref.gather(1, top)) <= 1e-6
-    assert max_abs_diff(vals, ref.topk(5, dim=-1).values) <= 1e-6
+    assert max_abs_diff(vals, ref.topk(top_n, dim=-1).values) <= 1e-6
     chosen0, v0, t0 = compute_logprobs(logits, ids, 0)
     assert v0 is None and t0 is None
     assert torch.equal(chosen0, chosen)

@@ -129,8 +129,8 @@ class ModelRunner:
     def _banned(self, req) -> list[int]:
         """Tokens that would end the request before min_new_tokens."""
         sp = req.sampling_params
-        if len(req.output_ids) >= sp.min_new_tokens:
-            return []
+        if len(req.output_ids) >= sp.min_new_tokens or req.grammar is not None:
+            return []  # a grammar decides where the output may end
         ids = list(sp.stop_token_ids or [])
         if not sp.ignore_eos:
             ids += self.model_config.eos_token_ids

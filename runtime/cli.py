@@ -41,20 +41,9 @@ def cmd_demo_model(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    try:
-        from runtime.server.launch import serve
-    except ImportError:
-        serve = None
-    if serve is not None:
-        serve(args)
-        return
-    # Until the HTTP server lands: an offline generation demo on the same engine.
-    from runtime.engine.api import Engine
+    from runtime.server.launch import serve
 
-    with Engine(**engine_options(args)) as engine:
-        prompt = "<|im_start|>user\nWrite a haiku about caches.<|im_end|>\n<|im_start|>assistant\n"
-        out = engine.generate(prompt, {"max_new_tokens": 32, "temperature": 0})
-        print(f"model: {engine.model_path}\nprompt: {prompt!r}\noutput: {out['text']!r}\nmeta: {out['meta_info']}")
+    serve(args)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,6 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=30000)
     p.add_argument("--api-key", default=None)
+    from runtime.server.launch import add_server_args
+
+    add_server_args(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo-model", help="write a random-weight checkpoint with the real Qwen2.5 tokenizer")

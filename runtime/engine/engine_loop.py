@@ -8,6 +8,7 @@ The loop never waits on anything but its inbox, and only when it has no work.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import time
 import traceback
@@ -65,6 +66,8 @@ class EngineCore:
             "max_running_requests": self.cfg.max_running_requests,
             "radix_cache": type(self.cache).__name__ != "NoPrefixCache",
             **self.scheduler.num_requests(), **self.scheduler.stats, **self.cache.stats(),
+            "grammar_compile_count": len(self.grammars.compile_times),
+            "grammar_compile_s_total": round(sum(self.grammars.compile_times), 4),
         }
 
     def handle(self, msg) -> list:
@@ -135,9 +138,10 @@ def run_engine_process(cfg: EngineConfig, model_path: str, inbox, outbox) -> Non
         outbox.put(EngineFailed(f"{type(e).__name__}: {e}"))
         return
     outbox.put(EngineReady(core.info()))
+    parent_pid = os.getppid()
     while True:
         try:
-            msgs = _drain(inbox, block=not core.scheduler.has_work)
+            msgs = _drain(inbox, block=not core.scheduler.has_work, parent_pid=parent_pid)
         except (EOFError, OSError):
             return  # parent is gone
         outs: list = []
@@ -163,10 +167,15 @@ def run_engine_process(cfg: EngineConfig, model_path: str, inbox, outbox) -> Non
             time.sleep(0.002)  # only grammars compiling: don't spin against the compile thread
 
 
-def _drain(inbox, block: bool) -> list:
+def _drain(inbox, block: bool, parent_pid: int) -> list:
     msgs = []
-    if block:
-        msgs.append(inbox.get())
+    while block:  # idle: wait, but notice a parent that died without saying goodbye
+        try:
+            msgs.append(inbox.get(timeout=1.0))
+            break
+        except queue.Empty:
+            if os.getppid() != parent_pid:
+                raise EOFError("parent process is gone")
     while True:
         try:
             msgs.append(inbox.get_nowait())

@@ -243,8 +243,9 @@ class Scheduler:
             req.kv_len = batch.prefix_lens[i] + batch.extend_lens[i]
             if req.finished:  # aborted while the step ran (not possible today, kept safe)
                 continue
-            if req.wants_prompt_logprobs and result.prompt_logprobs.get(i):
-                self._add_prompt_logprobs(req, result.prompt_logprobs[i])
+            if req.wants_prompt_logprobs and (result.prompt_logprobs.get(i) or (
+                    req.input_token_logprobs is None and req.kv_len >= len(req.origin_input_ids))):
+                self._add_prompt_logprobs(req, result.prompt_logprobs.get(i, []))
             if batch.mode == ForwardMode.EXTEND:
                 self._cache_chunk(req)  # share the computed prompt now, not only at the end
             if req.kv_len < req.seq_len:  # more prefill chunks to go

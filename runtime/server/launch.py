@@ -1,0 +1,125 @@
+"""`radixflow serve`: the engine in its own process, uvicorn + FastAPI in this one.
+
+Shutdown: SIGINT or SIGTERM -> uvicorn stops accepting and closes connections (at most
+GRACEFUL_S for open streams) -> the engine process is told to stop and joined -> exit 0.
+The engine process ignores SIGINT (a terminal's Ctrl-C reaches the whole process
+group), so it is always stopped by this process, in order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import sys
+
+logger = logging.getLogger("radixflow.server")
+
+GRACEFUL_S = 5
+
+
+def add_server_args(p: argparse.ArgumentParser) -> None:
+    """Server flags beyond --host/--port/--api-key (which cli.py declares)."""
+    from runtime.server.state import DEFAULT_MAX_REQUEST_BYTES
+    from runtime.server.tool_parsers import PARSERS
+
+    p.add_argument("--served-model-name", default=None,
+                   help="model name clients send (default: --model-path, or 'radixflow-demo')")
+    p.add_argument("--chat-template", default=None, metavar="FILE",
+                   help="Jinja chat template (or a JSON file with a 'chat_template' key) overriding the model's")
+    p.add_argument("--tool-call-parser", default="auto", choices=["auto", *sorted(PARSERS)],
+                   help="tool-call output format (auto: chosen from the chat template)")
+    p.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
+                   help="largest request body accepted (413 above)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def settings_from_args(args: argparse.Namespace):
+    from runtime.server.state import DEFAULT_MAX_REQUEST_BYTES, ServerSettings
+
+    get = lambda name, default=None: getattr(args, name, default)  # noqa: E731
+    return ServerSettings(host=get("host", "127.0.0.1"), port=get("port", 30000), api_key=get("api_key"),
+                          served_model_name=get("served_model_name"), chat_template=get("chat_template"),
+                          tool_call_parser=get("tool_call_parser", "auto"),
+                          max_request_bytes=get("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES))
+
+
+class _Stop(Exception):
+    """SIGTERM turned into an exception, so `finally` blocks run."""
+
+
+def _raise_stop(signum, frame):
+    raise _Stop()
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            raise SystemExit(f"radixflow serve: cannot listen on {host}:{port}: {e}") from None
+
+
+def _start_engine(options: dict):
+    """Start the engine process with SIGINT ignored (the child inherits that)."""
+    from runtime.engine.api import Engine
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return Engine(**options)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from runtime.cli import engine_options
+    from runtime.server.app import create_app
+
+    level = getattr(args, "log_level", "info")
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = settings_from_args(args)
+    _check_port_free(settings.host, settings.port)
+    signal.signal(signal.SIGTERM, _raise_stop)
+    engine = None
+    try:
+        options = engine_options(args)
+        if not options.get("model_path"):
+            logger.info("no --model-path given: serving the built-in demo model (random weights, real Qwen2.5 "
+                        "tokenizer); its text is gibberish")
+        engine = _start_engine(options)
+        app = create_app(engine, settings)
+        state = app.state.server
+        logger.info("model %s (served as %r) from %s; context %d tokens, KV pool %d tokens",
+                    engine.info.get("architecture"), state.served_model_name, engine.model_path,
+                    state.context_length, engine.info.get("max_total_tokens"))
+        config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=level, access_log=False,
+                                timeout_graceful_shutdown=GRACEFUL_S, backlog=4096)
+        uvicorn.Server(config).run()
+    except (KeyboardInterrupt, _Stop):
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the engine stop in order
+        if engine is not None:
+            engine.shutdown()
+        logger.info("radixflow server stopped")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m runtime.server.launch`: the same as `radixflow serve`."""
+    from runtime.cli import add_engine_args
+
+    parser = argparse.ArgumentParser(prog="radixflow serve")
+    add_engine_args(parser)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=30000)
+    parser.add_argument("--api-key", default=None)
+    add_server_args(parser)
+    serve(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

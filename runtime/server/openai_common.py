@@ -1,0 +1,187 @@
+"""Pieces shared by /v1/chat/completions and /v1/completions: OpenAI fields ->
+SGLang sampling params, token limits, response formats, logprobs, usage, finish
+reasons, and turning engine results into errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+
+from runtime.server.errors import APIError, bad_request
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def resolve_max_tokens(requested: int | None, prompt_len: int, context_length: int,
+                       param: str = "max_tokens") -> int:
+    """The completion budget: what was asked for, or what the context leaves."""
+    if prompt_len >= context_length:
+        raise bad_request(f"this model's maximum context length is {context_length} tokens, but the prompt "
+                          f"has {prompt_len} tokens", param="messages" if param != "max_tokens" else "prompt")
+    room = context_length - prompt_len
+    if requested is None:
+        return room
+    if requested > room:
+        raise bad_request(f"this model's maximum context length is {context_length} tokens; you requested "
+                          f"{prompt_len + requested} tokens ({prompt_len} in the prompt, {requested} for "
+                          f"the completion); reduce {param} or the prompt", param=param)
+    return requested
+
+
+def base_sampling_params(req, max_new_tokens: int) -> dict:
+    """OpenAI + extra fields of a chat/completion request as SGLang sampling params (n=1:
+    the server runs one engine request per choice)."""
+    if req.logit_bias:
+        raise bad_request("logit_bias is not supported", param="logit_bias")
+    sp = {
+        "max_new_tokens": max_new_tokens,
+        "temperature": 1.0 if req.temperature is None else req.temperature,
+        "top_p": 1.0 if req.top_p is None else req.top_p,
+        "top_k": -1 if req.top_k is None else req.top_k,
+        "min_p": 0.0 if req.min_p is None else req.min_p,
+        "frequency_penalty": req.frequency_penalty,
+        "presence_penalty": req.presence_penalty,
+        "repetition_penalty": 1.0 if req.repetition_penalty is None else req.repetition_penalty,
+        "min_new_tokens": min(req.min_tokens, max_new_tokens),
+        "ignore_eos": req.ignore_eos,
+        "skip_special_tokens": req.skip_special_tokens,
+        "sampling_seed": req.seed,
+    }
+    if req.stop:
+        stops = [req.stop] if isinstance(req.stop, str) else list(req.stop)
+        if any(not s for s in stops):
+            raise bad_request("stop sequences must be non-empty strings", param="stop")
+        sp["stop"] = stops
+    if req.stop_token_ids:
+        sp["stop_token_ids"] = list(req.stop_token_ids)
+    if req.regex is not None:
+        sp["regex"] = req.regex
+    if req.ebnf is not None:
+        sp["ebnf"] = req.ebnf
+    return sp
+
+
+def per_choice(sp: dict, index: int) -> dict:
+    """Choice `index` of n: its own seed, so seeded choices differ but repeat."""
+    if index and sp.get("sampling_seed") is not None:
+        return {**sp, "sampling_seed": sp["sampling_seed"] + index}
+    return sp
+
+
+def validate_schema(schema, param: str) -> dict:
+    if isinstance(schema, str):
+        try:
+            schema = json.loads(schema)
+        except json.JSONDecodeError as e:
+            raise bad_request(f"{param} is not valid JSON: {e}", param=param) from None
+    if not isinstance(schema, dict):
+        raise bad_request(f"{param} must be a JSON object (a JSON schema)", param=param)
+    try:
+        import jsonschema
+    except ImportError:  # the engine's grammar compiler still checks it
+        return schema
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as e:
+        raise bad_request(f"{param} is not a valid JSON schema: {e.message}", param=param) from None
+    return schema
+
+
+def response_format_constraint(rf) -> dict:
+    """response_format -> {"json_schema": "<schema JSON>"} (or {} for text)."""
+    if rf is None or rf.type == "text":
+        return {}
+    if rf.type == "json_object":
+        return {"json_schema": json.dumps({"type": "object"})}
+    if rf.json_schema is None:
+        raise bad_request("response_format.json_schema is required when type is 'json_schema'",
+                          param="response_format.json_schema")
+    schema = rf.json_schema.schema_ if rf.json_schema.schema_ is not None else {}
+    schema = validate_schema(schema, "response_format.json_schema.schema")
+    return {"json_schema": json.dumps(schema)}
+
+
+def merge_constraint(sp: dict, constraint: dict, source: str) -> dict:
+    keys = ("json_schema", "regex", "ebnf", "structural_tag")
+    if constraint and any(sp.get(k) is not None for k in keys):
+        raise bad_request(f"{source} cannot be combined with regex or ebnf (one constraint per request)")
+    return {**sp, **constraint}
+
+
+# ---- results ----------------------------------------------------------------------
+def abort_error(meta: dict) -> APIError | None:
+    """An engine abort with a message, as the error the client should get."""
+    reason = meta.get("finish_reason") or {}
+    if reason.get("type") != "abort":
+        return None
+    message = reason.get("message") or "the request was aborted"
+    if message.startswith("internal error"):
+        return APIError(500, message)
+    if "shut down" in message or "stopped" in message:
+        return APIError(503, message)
+    return APIError(400, message)
+
+
+def finish_reason(meta: dict) -> str | None:
+    reason = meta.get("finish_reason")
+    return None if reason is None else reason["type"]
+
+
+def matched_stop(meta: dict):
+    reason = meta.get("finish_reason") or {}
+    return reason.get("matched")
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+
+
+def finite(x) -> float | None:
+    if x is None:
+        return None
+    return x if math.isfinite(x) else -9999.0
+
+
+def _token_entry(item) -> dict:
+    lp, _, text = item
+    text = text or ""
+    return {"token": text, "logprob": finite(lp), "bytes": list(text.encode("utf-8"))}
+
+
+def chat_logprobs(meta: dict, start: int, end: int) -> dict:
+    """OpenAI chat `logprobs` for output tokens [start, end)."""
+    tokens = meta.get("output_token_logprobs") or []
+    tops = meta.get("output_top_logprobs") or []
+    content = []
+    for k in range(start, min(end, len(tokens))):
+        entry = _token_entry(tokens[k])
+        entry["top_logprobs"] = [_token_entry(t) for t in (tops[k] if k < len(tops) and tops[k] else [])]
+        content.append(entry)
+    return {"content": content}
+
+
+def completion_logprobs(meta: dict, start: int, end: int, offset: int, echo_prompt: bool = False) -> dict:
+    """OpenAI legacy completion `logprobs` for output tokens [start, end), with the
+    prompt's tokens first when echoing. `offset` is the text offset of the first token."""
+    items, tops = [], []
+    if echo_prompt:
+        items += meta.get("input_token_logprobs") or []
+        tops += meta.get("input_top_logprobs") or []
+    out_items = (meta.get("output_token_logprobs") or [])[start:end]
+    out_tops = (meta.get("output_top_logprobs") or [])[start:end]
+    items, tops = items + list(out_items), tops + list(out_tops)
+    result: dict = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for k, (lp, _, text) in enumerate(items):
+        text = text or ""
+        result["tokens"].append(text)
+        result["token_logprobs"].append(finite(lp))
+        top = tops[k] if k < len(tops) else None
+        result["top_logprobs"].append(None if top is None else {t[2] or "": finite(t[0]) for t in top})
+        result["text_offset"].append(offset)
+        offset += len(text)
+    return result

@@ -1,0 +1,124 @@
+"""What every route handler shares: the engine, tokenizer, chat template, tool-call
+parser choice, metrics, settings, and admission control (in-flight request limit)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from runtime.server.chat_template import ChatTemplate
+from runtime.server.errors import APIError
+from runtime.server.metrics import ServerMetrics
+
+DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
+RETRY_AFTER_S = 1
+DEMO_MODEL_NAME = "radixflow-demo"  # the served name of the built-in demo model
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 30000
+    api_key: str | None = None
+    served_model_name: str | None = None
+    chat_template: str | None = None  # a file that overrides the checkpoint's template
+    tool_call_parser: str = "auto"
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+
+
+class ServerState:
+    def __init__(self, engine, settings: ServerSettings) -> None:
+        from runtime.server.tool_parsers import get_parser
+
+        self.engine, self.settings = engine, settings
+        self.tokenizer = engine.tokenizer
+        self.info: dict = engine.info
+        self.model_path: str = engine.model_path
+        self.served_model_name = settings.served_model_name or _default_name(engine)
+        self.chat_template = ChatTemplate.for_model(self.model_path, self.tokenizer, settings.chat_template)
+        source = self.chat_template.source if self.chat_template else None
+        self.tool_parser = get_parser(settings.tool_call_parser, source)
+        self.metrics = ServerMetrics(self.served_model_name)
+        cfg = engine.config
+        self.max_in_flight = cfg.max_running_requests + cfg.max_queued_requests
+        self.in_flight = 0
+        self.context_length: int = self.info["context_length"]
+        self.vocab_size: int = self.info["vocab_size"]
+        self.created = int(time.time())
+
+    # ---- checks --------------------------------------------------------------------
+    def check_model(self, name: str | None) -> None:
+        if name and name not in (self.served_model_name, self.model_path):
+            raise APIError(404, f"the model {name!r} does not exist; this server serves "
+                                f"{self.served_model_name!r}", param="model", code="model_not_found")
+
+    def acquire(self, num: int) -> None:
+        """Admit `num` engine requests or raise 503 with Retry-After."""
+        if self.in_flight + num > self.max_in_flight:
+            self.metrics.rejected_requests.inc()
+            raise APIError(503, f"the server is at capacity ({self.in_flight} requests in flight, "
+                                f"limit {self.max_in_flight} = max_running_requests + max_queued_requests); "
+                                f"retry later", code="server_overloaded",
+                           headers={"Retry-After": str(RETRY_AFTER_S)})
+        self.in_flight += num
+        self.metrics.num_requests_in_flight.set(self.in_flight)
+
+    def release(self, num: int) -> None:
+        self.in_flight -= num
+        self.metrics.num_requests_in_flight.set(self.in_flight)
+
+    @contextmanager
+    def admitted(self, num: int):
+        self.acquire(num)
+        try:
+            yield
+        finally:
+            self.release(num)
+
+    def lease(self, num: int) -> "Lease":
+        self.acquire(num)
+        return Lease(self, num)
+
+    # ---- off-loop work ---------------------------------------------------------------
+    async def tokenize(self, text: str) -> list[int]:
+        return await asyncio.to_thread(self.tokenizer.encode, text, add_special_tokens=False)
+
+    async def render_and_tokenize(self, messages: list[dict], tools: list[dict] | None,
+                                  kwargs: dict) -> tuple[str, list[int]]:
+        if self.chat_template is None:
+            raise APIError(400, "this model has no chat template; start the server with --chat-template FILE "
+                                "or use /v1/completions")
+
+        def work():
+            text = self.chat_template.render(messages, tools, **kwargs)
+            return text, self.tokenizer.encode(text, add_special_tokens=False)
+
+        return await asyncio.to_thread(work)
+
+    async def engine_call(self, fn, *args):
+        """Blocking engine control calls (get_server_info, flush_cache) in a thread."""
+        return await asyncio.to_thread(fn, *args)
+
+    def engine_alive(self) -> bool:
+        proc = getattr(self.engine, "_proc", None)
+        return not getattr(self.engine, "_closed", False) and (proc is None or proc.is_alive())
+
+
+class Lease:
+    """Admission held by a streamed response; released exactly once."""
+
+    def __init__(self, state: ServerState, num: int) -> None:
+        self.state, self.num = state, num
+
+    def release(self) -> None:
+        if self.num:
+            self.state.release(self.num)
+            self.num = 0
+
+
+def _default_name(engine) -> str:
+    if engine.config.model_path:
+        return str(engine.config.model_path)
+    return DEMO_MODEL_NAME

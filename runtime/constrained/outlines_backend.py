@@ -1,0 +1,143 @@
+"""outlines backend (outlines-core): spec -> regex -> DFA `Index` over the whole
+vocabulary (state -> allowed token -> next state), so per-token work is a table
+lookup, but compiling walks every token through the DFA: seconds to minutes for
+real JSON schemas on a 151k vocabulary, and regular languages only (no EBNF, no
+recursion beyond a fixed depth, no structural tags).
+
+Vocabulary: an `outlines_core.Vocabulary` of our exact token bytes for text tokens
+only (added tokens and padded ids never enter the DFA). outlines-core knows a single
+EOS id; the matcher allows every EOS id at final states and handles EOS itself.
+Whitespace: `build_regex_from_schema(whitespace_pattern="")` (compact) or
+`[ \\t\\n\\r]{0,N}` (bounded).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import outlines_core as oc
+import torch
+
+from runtime.constrained.base import (
+    BOUNDED_WHITESPACE_MAX,
+    CompiledGrammar,
+    GrammarBackend,
+    GrammarError,
+    GrammarMatcher,
+    GrammarSpec,
+)
+from runtime.constrained.regex_util import ascii_classes
+from runtime.constrained.schema_check import check_schema
+
+# Features outlines-core's schema -> regex translation enforces (probed by
+# tests/unit/test_constrained_keywords.py). Notably absent: minimum/maximum and
+# multipleOf (silently ignored), overlapping oneOf (rejects valid instances), allOf, uniqueItems,
+# patternProperties, not, if/then/else, min/maxProperties.
+SUPPORTED_FEATURES = frozenset({
+    "type", "enum", "const", "properties", "required", "additionalProperties", "items", "prefixItems",
+    "minItems", "maxItems", "anyOf", "oneOf", "$ref", "pattern", "pattern+length", "minLength", "maxLength",
+    "format:date", "format:time", "format:date-time", "format:uuid", "format:uri", "format:email",
+})
+_MAX_ROLLBACK = 1 << 20  # effectively unlimited: the Guide keeps one int per token
+
+
+class OutlinesBackend(GrammarBackend):
+    name = "outlines"
+    supported_kinds = frozenset({"json_schema", "json_object", "regex", "choices"})
+    supported_features = SUPPORTED_FEATURES
+
+    def __init__(self, tokenizer: Any, vocab_size: int, eos_token_ids: list[int]) -> None:
+        super().__init__(tokenizer, vocab_size, eos_token_ids)
+        by_bytes: dict[bytes, list[int]] = {}
+        for token_id, data in enumerate(self.vocab.token_bytes):
+            if data and self.vocab.is_text_token(token_id):
+                by_bytes.setdefault(data, []).append(token_id)
+        self.oc_vocabulary = oc.Vocabulary(self.vocab.eos_ids[0], by_bytes)
+
+    def _whitespace(self, spec: GrammarSpec) -> str:
+        return "" if spec.whitespace == "compact" else rf"[ \t\n\r]{{0,{BOUNDED_WHITESPACE_MAX}}}"
+
+    def regex_for(self, spec: GrammarSpec) -> str:
+        """The regex outlines compiles for `spec` (also used by tests to probe keywords)."""
+        if spec.kind == "regex":
+            return ascii_classes(spec.value)
+        if spec.kind == "choices":
+            return spec.choice_regex()
+        schema = {"type": "object"} if spec.kind == "json_object" else spec.parsed_value()
+        if spec.kind == "json_schema":
+            check_schema(schema, self.name, self.supported_features, spec.strict)
+        try:
+            return oc.json_schema.build_regex_from_schema(json.dumps(schema), whitespace_pattern=self._whitespace(spec))
+        except Exception as e:
+            raise GrammarError(f"outlines cannot translate this JSON schema: {e}") from None
+
+    def _compile(self, spec: GrammarSpec) -> CompiledGrammar:
+        regex = self.regex_for(spec)
+        try:
+            index = oc.Index(regex, self.oc_vocabulary)
+        except Exception as e:
+            raise GrammarError(f"outlines cannot compile the {spec.kind} regex: {e}") from None
+        return CompiledGrammar(spec, index)
+
+    def _new_matcher(self, compiled: CompiledGrammar) -> GrammarMatcher:
+        return OutlinesMatcher(oc.Guide(compiled.handle, max_rollback=_MAX_ROLLBACK), self)
+
+
+class OutlinesMatcher(GrammarMatcher):
+    """The Guide holds the DFA state and its history; EOS never enters the Guide."""
+
+    def __init__(self, guide: oc.Guide, backend: OutlinesBackend) -> None:
+        self._guide = guide
+        self._backend = backend
+        self._vocab = backend.vocab
+        self._terminated = False
+
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
+        v = self._vocab
+        if self._terminated:
+            v.fill_eos_only(bitmask, row)
+            return
+        target = bitmask[row]
+        assert target.is_contiguous() and bitmask.device.type == "cpu"
+        target.zero_()
+        self._guide.write_mask_into(target.data_ptr(), target.numel(), 4)
+        v.clamp_row_(bitmask, row)
+        if self._guide.is_finished():  # the regex may end here: every EOS id is allowed
+            v.allow_eos_(bitmask, row)
+
+    def accept_token(self, token_id: int) -> bool:
+        if self._terminated:
+            return False
+        if token_id in self._vocab.eos_ids:
+            self._terminated = bool(self._guide.is_finished())
+            return self._terminated
+        if not self._vocab.is_text_token(token_id):
+            return False
+        try:
+            self._guide.advance(token_id, return_tokens=False)
+        except ValueError:  # no transition: the Guide's state is unchanged
+            return False
+        return True
+
+    def is_terminated(self) -> bool:
+        return self._terminated
+
+    def jump_forward_string(self) -> str:
+        return ""  # the token-level DFA exposes no character-level forced text cheaply
+
+    def rollback(self, num_tokens: int) -> None:
+        if num_tokens <= 0:
+            return
+        if self._terminated:
+            self._terminated = False
+            num_tokens -= 1
+        if num_tokens:
+            self._guide.rollback_state(num_tokens)
+
+    def copy(self) -> "OutlinesMatcher":
+        import copy
+
+        other = OutlinesMatcher(copy.deepcopy(self._guide), self._backend)
+        other._terminated = self._terminated
+        return other

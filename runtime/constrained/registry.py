@@ -1,0 +1,54 @@
+"""Grammar backends by name, imported lazily (each pulls in a native library).
+
+Support table (kinds; "-" = GrammarError "backend X does not support kind Y"):
+
+    kind            xgrammar  llguidance  outlines
+    json_schema     yes       yes         yes (regular subset, recursion depth 3)
+    json_object     yes       yes         yes (nesting depth 3)
+    regex           yes       yes         yes
+    ebnf            yes       yes (GBNF -> Lark)   -
+    lark            yes       yes         -
+    choices         yes       yes         yes
+    structural_tag  yes       yes         -
+    jump-forward    yes       yes         '' (none)
+    rollback        yes       yes         yes
+    copy            yes       yes         yes
+
+DEFAULT_BACKEND is llguidance, chosen by `radixflow bench grammar` on maskbench-dev
+(numbers and reasoning in grammars/README.md, "Choosing the default backend"):
+it compiles a schema in ~1 ms (xgrammar: tens to hundreds of ms, since it
+precomputes masks per grammar state; outlines: seconds to minutes, since it walks the
+whole vocabulary through a DFA), accepts the most schemas, and rejects unsupported
+keywords itself; its per-token mask is tens of µs, which overlaps the forward pass.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from runtime.constrained.base import GrammarBackend
+
+_BACKENDS: dict[str, tuple[str, str]] = {
+    "xgrammar": ("runtime.constrained.xgrammar_backend", "XGrammarBackend"),
+    "llguidance": ("runtime.constrained.llguidance_backend", "LLGuidanceBackend"),
+    "outlines": ("runtime.constrained.outlines_backend", "OutlinesBackend"),
+}
+DEFAULT_BACKEND = "llguidance"
+
+
+def backend_names() -> list[str]:
+    return list(_BACKENDS)
+
+
+def backend_class(name: str) -> type[GrammarBackend]:
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown grammar backend {name!r}; available: {backend_names()}")
+    module, cls = _BACKENDS[name]
+    return getattr(importlib.import_module(module), cls)
+
+
+def get_backend(name: str, tokenizer: Any, vocab_size: int, eos_token_ids: list[int],
+                **options: Any) -> GrammarBackend:
+    """A backend instance for one tokenizer; building one costs ~1-5 s (vocabulary scan)."""
+    return backend_class(name)(tokenizer, vocab_size, list(eos_token_ids), **options)

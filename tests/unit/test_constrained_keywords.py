@@ -1,0 +1,87 @@
+"""Honest JSON-schema support: every feature a backend claims is enforced (probed with a
+valid and an invalid instance), every probed feature it does not claim is a GrammarError
+in strict mode; plus the feature walker itself. xgrammar and outlines are probed on a
+256-byte vocabulary (outlines' compile walks the whole vocabulary), llguidance on Qwen's."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from runtime.constrained import GrammarError, GrammarSpec, get_backend
+from runtime.constrained.probes import PROBES, probe_backend
+from runtime.constrained.schema_check import close_objects, schema_features
+from runtime.constrained.testing import ByteTokenizer
+
+_BACKENDS: dict[str, object] = {}
+
+
+@pytest.fixture(scope="module", params=["xgrammar", "llguidance", "outlines"])
+def backend(request, tokenizer):
+    name = request.param
+    if name not in _BACKENDS:
+        if name == "llguidance":  # needs a real fast tokenizer
+            _BACKENDS[name] = get_backend(name, tokenizer, 151_936, [151645, 151643])
+        else:
+            byte_tok = ByteTokenizer()
+            _BACKENDS[name] = get_backend(name, byte_tok, len(byte_tok) + 5, byte_tok.eos_token_ids)
+    return _BACKENDS[name]
+
+
+def test_claimed_features_are_enforced(backend):
+    probed = {f for f, *_ in PROBES}
+    claimed = sorted(set(backend.supported_features) & probed)
+    results = probe_backend(backend, claimed)
+    assert {f: r for f, r in results.items() if r != "enforced"} == {}
+    # every claimed feature has a probe (so the claim is tested)
+    assert set(backend.supported_features) <= probed
+
+
+def test_unclaimed_features_are_errors_when_strict(backend):
+    for feature, schema, _, _ in PROBES:
+        if feature in backend.supported_features:
+            continue
+        with pytest.raises(GrammarError, match="cannot enforce") as info:
+            backend.compile(GrammarSpec.from_json_schema(schema))
+        assert feature in str(info.value)
+
+
+def test_outlines_json_object_regex():
+    """Indexing any-JSON takes seconds even on 259 tokens: check the regex itself."""
+    tok = ByteTokenizer()
+    backend = _BACKENDS.get("outlines") or get_backend("outlines", tok, len(tok) + 5, tok.eos_token_ids)
+    regex = backend.regex_for(GrammarSpec.json_object())
+    assert re.fullmatch(regex, '{"k":[1,{"x":null}],"s":"v"}')
+    assert not re.fullmatch(regex, "[1]") and not re.fullmatch(regex, '{"k": 1}')  # compact
+    assert re.fullmatch(backend.regex_for(GrammarSpec.json_object(whitespace="bounded")), '{"k": 1}')
+
+
+def test_schema_features():
+    schema = {
+        "$defs": {"a": {"type": "string", "format": "email"}},
+        "type": "object",
+        "title": "ignored", "x-custom": {"uniqueItems": True},  # annotations / unknown keys: no features
+        "properties": {
+            "format": {"$ref": "#/$defs/a"},  # a property *named* format is not the keyword
+            "tuple": {"type": "array", "items": [{"type": "integer"}]},
+            "remote": {"$ref": "https://example.com/s.json"},
+            "pick": {"oneOf": [{"type": "string"}, {"type": "integer"}]},
+            "kind": {"oneOf": [{"properties": {"t": {"const": "a"}}, "required": ["t"]},
+                               {"properties": {"t": {"const": "b"}}, "required": ["t"]}]},
+            "loose": {"oneOf": [{"type": "integer"}, {"type": "number"}]},
+        },
+    }
+    assert schema_features(schema) == {
+        "type", "properties", "$ref", "format:email", "items:array", "$ref:remote", "oneOf",
+        "oneOf:overlapping", "const", "required"}
+
+
+def test_close_objects():
+    schema = {"type": "object", "properties": {"a": {"type": "object", "properties": {"b": {}}}},
+              "patternProperties": {"^x": {}}}
+    closed = close_objects(schema)
+    assert "additionalProperties" not in closed  # patternProperties: left alone
+    assert closed["properties"]["a"]["additionalProperties"] is False
+    composed = {"allOf": [{"properties": {"a": {}}}, {"properties": {"b": {}}}]}
+    assert close_objects(composed) == composed  # closing allOf branches would reject valid input

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -176,6 +177,12 @@ class GrammarSpec:
         return "(" + "|".join(escape_literal(c) for c in self.parsed_value()) + ")"
 
 
+def _clean(error: Exception, limit: int = 500) -> str:
+    """A native library's message without its log prefix ("[12:00:01] /path/file.cc:42: ")."""
+    text = re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", str(error).strip()).split("\n")[0]
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 @dataclass
 class CompiledGrammar:
     """What `GrammarBackend.compile` returns: opaque to the engine, immutable, shareable."""
@@ -252,7 +259,7 @@ class GrammarBackend(abc.ABC):
         except GrammarError:
             raise
         except Exception as e:  # backend-specific exception types -> one user-facing error
-            raise GrammarError(f"{self.name} could not compile the {spec.kind} grammar: {e}") from e
+            raise GrammarError(f"{self.name} could not compile the {spec.kind} grammar: {_clean(e)}") from e
         # added tokens whose text the grammar spells out (e.g. "<tool_call>") may be produced
         named = self.vocab.added_ids_named_in(spec.value)
         if named - compiled.allowed_added_ids:

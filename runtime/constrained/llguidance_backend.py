@@ -45,6 +45,7 @@ SUPPORTED_FEATURES = frozenset({
     "minLength", "maxLength",
     "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "multipleOf:number",
     "multipleOf+range", "pattern+length", "patternProperties", "minProperties", "maxProperties",
+    "anyOf+siblings", "oneOf+siblings", "$ref+siblings", "untyped-constraint", "enum+constraint",
     "format:date", "format:time", "format:date-time", "format:duration", "format:email",
     "format:ipv4", "format:ipv6", "format:hostname", "format:uuid", "format:uri",
 })
@@ -63,7 +64,9 @@ class LLGuidanceBackend(GrammarBackend):
 
     # ------------------------------------------------------------------ grammar text
     def _json_options(self, spec: GrammarSpec) -> dict[str, Any]:
-        opts: dict[str, Any] = {"lenient": not spec.strict}
+        # coerce_one_of: compile oneOf as anyOf. Exact here: strict specs with oneOf
+        # branches that are not provably disjoint were refused by check_schema already.
+        opts: dict[str, Any] = {"lenient": not spec.strict, "coerce_one_of": True}
         if spec.whitespace == "compact":
             opts.update(whitespace_flexible=False, item_separator=",", key_separator=":")
         else:

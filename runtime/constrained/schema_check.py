@@ -12,6 +12,12 @@ refined features where support differs by value:
     "pattern+length"  pattern together with minLength/maxLength on one string
     "pattern:lookaround"  a pattern (or patternProperties key) with (?= (?! (?<= (?<!
     "multipleOf:number" / "multipleOf+range"  multipleOf on non-integers / with bounds
+    "anyOf+siblings" / "oneOf+siblings" / "$ref+siblings"  the applicator next to other
+                      validation keywords in the same schema (they must all hold)
+    "$ref:anchor"     a "#name" reference (not a "#/json/pointer")
+    "untyped-constraint"  string/number/array/object keywords with no "type" (nor a keyword
+                      that implies it, like properties or items)
+    "enum+constraint" enum/const next to keywords that filter its values
 Annotation keywords (title, description, default, examples, ...) and non-standard
 keys (`x-...`, `javaType`, ...) carry no validation meaning and are never features.
 
@@ -59,9 +65,34 @@ def schema_features(schema: Any) -> set[str]:
     return features
 
 
+_STRING_KW = {"pattern", "minLength", "maxLength", "format"}
+_NUMBER_KW = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"}
+_ARRAY_KW = {"minItems", "maxItems", "uniqueItems", "contains", "minContains", "maxContains"}
+_OBJECT_KW = {"required", "minProperties", "maxProperties", "propertyNames", "dependentRequired"}
+_IMPLY_ARRAY = {"items", "prefixItems", "additionalItems"}
+_IMPLY_OBJECT = {"properties", "additionalProperties", "patternProperties"}
+
+
+def _node_features(node: dict, out: set[str]) -> None:
+    """Features that come from keyword combinations within one schema object."""
+    keys = set(node) & VALIDATION_KEYWORDS
+    for applicator in ("anyOf", "oneOf", "$ref"):
+        if applicator in keys and keys - {applicator}:
+            out.add(f"{applicator}+siblings")
+    if "enum" in keys or "const" in keys:
+        if keys & (_STRING_KW | _NUMBER_KW | _ARRAY_KW | _OBJECT_KW):
+            out.add("enum+constraint")
+    elif "type" not in keys:
+        untyped = (keys & (_STRING_KW | _NUMBER_KW)) or (keys & _ARRAY_KW and not keys & _IMPLY_ARRAY) \
+            or (keys & _OBJECT_KW and not keys & _IMPLY_OBJECT)
+        if untyped:
+            out.add("untyped-constraint")
+
+
 def _walk(node: Any, out: set[str], root: Any) -> None:
     if not isinstance(node, dict):
         return  # boolean schema (or malformed: check_schema reports that)
+    _node_features(node, out)
     for key, value in node.items():
         if key in ANNOTATIONS and key not in ("$defs", "definitions"):
             continue
@@ -85,7 +116,9 @@ def _walk(node: Any, out: set[str], root: Any) -> None:
         elif key == "items" and isinstance(value, list):
             out.add("items:array")
         elif key == "$ref":
-            out.add("$ref" if isinstance(value, str) and value.startswith("#") else "$ref:remote")
+            local = isinstance(value, str) and value.startswith("#")
+            pointer = local and (value == "#" or value.startswith("#/"))
+            out.add("$ref" if pointer else "$ref:anchor" if local else "$ref:remote")
         elif key in VALIDATION_KEYWORDS:
             out.add(key)
             if key == "patternProperties" and isinstance(value, dict) and any(map(has_lookaround, value)):
@@ -97,6 +130,8 @@ def _walk(node: Any, out: set[str], root: Any) -> None:
         elif key in _SUB_LIST and isinstance(value, list):
             for sub in value:
                 _walk(sub, out, root)
+        elif key == "propertyNames" and isinstance(value, dict):
+            _walk({"type": "string", **value}, out, root)  # names are strings
         elif key in _SUB_ONE or key == "items":
             for sub in value if isinstance(value, list) else [value]:
                 _walk(sub, out, root)
@@ -269,6 +304,8 @@ def _close(node: Any) -> Any:
     if not isinstance(node, dict):
         return node
     out = {k: (_close(v) if k not in ("enum", "const", "default", "examples") else v) for k, v in node.items()}
-    if "properties" in out and not any(k in out for k in ("additionalProperties", "patternProperties")):
-        out["additionalProperties"] = False
+    props, required = out.get("properties"), out.get("required")
+    listed = isinstance(props, dict) and (not isinstance(required, list) or set(required) <= set(props))
+    if listed and not any(k in out for k in ("additionalProperties", "patternProperties")):
+        out["additionalProperties"] = False  # (a required name not in properties keeps it open)
     return out

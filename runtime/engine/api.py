@@ -140,7 +140,7 @@ class Engine:
 
     # ---- submission ---------------------------------------------------------
     def _prepare(self, prompt, input_ids, sampling_params, return_logprob, logprob_start_len,
-                 top_logprobs_num, stream, rid, cache_salt, return_text_in_logprobs) -> list[GenerateRequest]:
+                 top_logprobs_num, stream, rid, cache_salt) -> list[GenerateRequest]:
         """Validate and tokenize one prompt; n > 1 becomes n requests (they share the
         prompt's KV through the prefix cache)."""
         if self._closed:
@@ -180,15 +180,15 @@ class Engine:
                 rid=rid if n == 1 else f"{rid}-{i}", input_ids=list(input_ids), sampling_params=sp,
                 return_logprob=return_logprob, logprob_start_len=logprob_start_len if return_logprob else -1,
                 top_logprobs_num=top_logprobs_num, stream=stream, extra_key=cache_salt))
-            reqs[-1].return_text_in_logprobs = return_text_in_logprobs  # type: ignore[attr-defined]
         return reqs
 
-    def _submit(self, req: GenerateRequest, loop=None) -> tuple[RequestState, _Waiter]:
+    def _submit(self, req: GenerateRequest, loop=None,
+                return_text_in_logprobs: bool = False) -> tuple[RequestState, _Waiter]:
         sp = req.sampling_params
         detok = IncrementalDetokenizer(self.tokenizer, skip_special_tokens=sp.skip_special_tokens,
                                        spaces_between_special_tokens=sp.spaces_between_special_tokens)
         state = RequestState(req.rid, sp, detok, prompt_tokens=len(req.input_ids),
-                             return_text_in_logprobs=getattr(req, "return_text_in_logprobs", False))
+                             return_text_in_logprobs=return_text_in_logprobs)
         waiter = _Waiter(loop)
         with self._lock:
             if req.rid in self._states:
@@ -219,13 +219,13 @@ class Engine:
         n > 1); a list of prompts -> a list. stream=True -> an iterator of chunks."""
         prompts, ids, sps, is_batch = self._normalize_batch(prompt, input_ids, sampling_params)
         groups = [self._prepare(p, i, s, return_logprob, logprob_start_len, top_logprobs_num, stream,
-                                rid if not is_batch else None, cache_salt, return_text_in_logprobs)
+                                rid if not is_batch else None, cache_salt)
                   for p, i, s in zip(prompts, ids, sps)]
         if stream:
             if is_batch or len(groups[0]) > 1:
                 raise ValueError("stream=True takes a single prompt with n=1")
-            return self._stream(groups[0][0], return_logprob)
-        submitted = [[self._submit(r) for r in group] for group in groups]
+            return self._stream(groups[0][0], return_logprob, return_text_in_logprobs)
+        submitted = [[self._submit(r, None, return_text_in_logprobs) for r in group] for group in groups]
         results = [[self._wait(state, waiter, return_logprob) for state, waiter in group] for group in submitted]
         flat = [g[0] if len(g) == 1 else g for g in results]
         return flat if is_batch else flat[0]
@@ -235,17 +235,15 @@ class Engine:
             pass
         return state.result(return_logprob)
 
-    def _stream(self, req: GenerateRequest, return_logprob: bool) -> Iterator[dict]:
-        state, waiter = self._submit(req)
+    def _stream(self, req: GenerateRequest, return_logprob: bool, text_in_logprobs: bool) -> Iterator[dict]:
+        state, waiter = self._submit(req, None, text_in_logprobs)
         sent = 0
         try:
             while True:
                 finished = waiter.queue.get()
-                result = state.result(return_logprob)
-                if len(result["text"]) > sent or finished:
-                    result["delta"] = result["text"][sent:]
-                    sent = len(result["text"])
-                    yield result
+                chunk, sent = _next_chunk(state, sent, finished, return_logprob)
+                if chunk is not None:
+                    yield chunk
                 if finished:
                     return
         finally:
@@ -260,13 +258,13 @@ class Engine:
         """Async twin of `generate` for one prompt: returns the result dict (a list when
         n > 1), or with stream=True an async iterator of chunks."""
         reqs = self._prepare(prompt, input_ids, sampling_params, return_logprob, logprob_start_len,
-                             top_logprobs_num, stream, rid, cache_salt, return_text_in_logprobs)
+                             top_logprobs_num, stream, rid, cache_salt)
         loop = asyncio.get_running_loop()
         if stream:
             if len(reqs) > 1:
                 raise ValueError("stream=True takes n=1")
-            return self._astream(reqs[0], return_logprob, loop)
-        submitted = [self._submit(r, loop) for r in reqs]
+            return self._astream(reqs[0], return_logprob, loop, return_text_in_logprobs)
+        submitted = [self._submit(r, loop, return_text_in_logprobs) for r in reqs]
         try:
             results = []
             for state, waiter in submitted:
@@ -280,17 +278,16 @@ class Engine:
             raise
         return results[0] if len(results) == 1 else results
 
-    async def _astream(self, req: GenerateRequest, return_logprob: bool, loop) -> AsyncIterator[dict]:
-        state, waiter = self._submit(req, loop)
+    async def _astream(self, req: GenerateRequest, return_logprob: bool, loop,
+                       text_in_logprobs: bool) -> AsyncIterator[dict]:
+        state, waiter = self._submit(req, loop, text_in_logprobs)
         sent = 0
         try:
             while True:
                 finished = await waiter.queue.get()
-                result = state.result(return_logprob)
-                if len(result["text"]) > sent or finished:
-                    result["delta"] = result["text"][sent:]
-                    sent = len(result["text"])
-                    yield result
+                chunk, sent = _next_chunk(state, sent, finished, return_logprob)
+                if chunk is not None:
+                    yield chunk
                 if finished:
                     return
         finally:
@@ -349,6 +346,15 @@ class Engine:
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
+
+
+def _next_chunk(state: RequestState, sent: int, finished: bool, return_logprob: bool) -> tuple[dict | None, int]:
+    """A stream chunk (cumulative text plus the new `delta`) if there is news."""
+    result = state.result(return_logprob)
+    if len(result["text"]) > sent or finished:
+        result["delta"] = result["text"][sent:]
+        return result, len(result["text"])
+    return None, sent
 
 
 def _stop_process(proc, inbox) -> None:

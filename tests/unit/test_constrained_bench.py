@@ -24,7 +24,8 @@ def test_select_files_limits_per_subset(tmp_path):
 
 def test_summary_and_markdown():
     results = [
-        {"status": "ok", "compile_ms": 2.0, "fill_us": [10.0, 30.0], "tests": [(True, True, True), (False, True, True)]},
+        {"status": "ok", "compile_ms": 2.0, "fill_us": [10.0, 30.0],
+         "tests": [(True, True, True), (False, True, True)]},
         {"status": "ok", "compile_ms": 4.0, "fill_us": [20.0], "tests": [(True, False, False), (False, False, False)]},
         {"status": "unsupported"}, {"status": "timeout"},
     ]

@@ -70,10 +70,11 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("bench", help="benchmarks")
     bench = p.add_subparsers(dest="bench", required=True)
-    from runtime.bench import offline, prefix
+    from runtime.bench import grammar, offline, prefix
 
     offline.add_parser(bench)
     prefix.add_parser(bench)
+    grammar.add_parser(bench)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -128,3 +128,32 @@ def test_langchain_forced_tool_and_structured_output(server):
 
     verdict = model.with_structured_output(Verdict, method="json_schema", strict=True).invoke("Is it sunny?")
     assert verdict.answer in ("yes", "no") and verdict.confidence in (1, 2, 3)
+
+
+def test_openai_parse_returns_a_pydantic_object(client):
+    from typing import Literal
+
+    from pydantic import BaseModel
+
+    class Verdict(BaseModel):
+        answer: Literal["yes", "no"]
+        confidence: Literal[1, 2, 3]
+
+    r = client.chat.completions.parse(model=MODEL, messages=USER, max_tokens=40, response_format=Verdict)
+    assert isinstance(r.choices[0].message.parsed, Verdict)
+
+
+def test_langchain_structured_output_function_calling(server):
+    langchain_openai = pytest.importorskip("langchain_openai")
+    from typing import Literal
+
+    from pydantic import BaseModel
+
+    class City(BaseModel):
+        city: Literal["Paris", "Rome"]
+
+    model = langchain_openai.ChatOpenAI(model=MODEL, base_url=f"{server.url}/v1", api_key="unused", max_tokens=40,
+                                        max_retries=0, timeout=120)
+    out = model.with_structured_output(City, method="function_calling").invoke("Where?")
+    assert out.city in ("Paris", "Rome")
+

@@ -140,6 +140,8 @@ def run_engine_process(cfg: EngineConfig, model_path: str, inbox, outbox) -> Non
     outbox.put(EngineReady(core.info()))
     parent_pid = os.getppid()
     while True:
+        if os.getppid() != parent_pid:
+            return  # parent is gone (even while busy: never outlive it)
         try:
             msgs = _drain(inbox, block=not core.scheduler.has_work, parent_pid=parent_pid)
         except (EOFError, OSError):

@@ -35,7 +35,8 @@ V_DEMO = 151_936
 
 def add_parser(sub) -> None:
     p = sub.add_parser("grammar", help="grammar backends on maskbench-dev JSON schemas")
-    p.add_argument("--backends", default="xgrammar,llguidance,outlines")
+    p.add_argument("--backends", default="xgrammar,llguidance,outlines",
+                   help="outlines may index one schema for minutes: pair it with --limit")
     p.add_argument("--limit", type=int, default=None, help="schemas per subset (seeded sample)")
     p.add_argument("--subsets", default=None, help="comma-separated subset names (default: all)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per schema before it counts as a timeout")

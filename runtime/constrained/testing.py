@@ -75,6 +75,19 @@ def random_walk(matcher: GrammarMatcher, vocab: TokenVocab, rng: random.Random, 
     return Walk(tokens, text, matcher.is_terminated())
 
 
+_SHARED: dict[tuple, object] = {}
+
+
+def shared_backend(name: str, tokenizer, vocab_size: int, eos_ids: list[int]):
+    """One backend per (name, tokenizer, V, EOS) per process (tests share them across modules)."""
+    from runtime.constrained.registry import get_backend
+
+    key = (name, id(tokenizer), vocab_size, tuple(eos_ids))
+    if key not in _SHARED:
+        _SHARED[key] = get_backend(name, tokenizer, vocab_size, eos_ids)
+    return _SHARED[key]
+
+
 def accepts_text(matcher: GrammarMatcher, token_ids: list[int], eos_id: int | None = None) -> bool:
     """Feed token_ids (then eos_id if given); True if all were accepted (and, with an
     EOS, the matcher terminated)."""

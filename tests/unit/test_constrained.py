@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 
 from runtime.constrained import GrammarError, GrammarSpec, get_backend
-from runtime.constrained.testing import accepts_text, allowed_ids, random_walk
+from runtime.constrained.testing import accepts_text, allowed_ids, random_walk, shared_backend
 
 V = 151_936  # the demo model's padded vocab
 EOS = [151645, 151643]
@@ -22,15 +22,11 @@ BACKENDS = ["xgrammar", "llguidance", "outlines"]
 GRAMMAR_BACKENDS = ["xgrammar", "llguidance"]  # ebnf / lark / structural_tag
 IPV4 = r"((25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 ISO_DATE = r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"
-_BACKEND_CACHE: dict[str, object] = {}
 
 
 @pytest.fixture(scope="module")
 def backend(request, tokenizer):
-    name = request.param
-    if name not in _BACKEND_CACHE:
-        _BACKEND_CACHE[name] = get_backend(name, tokenizer, V, EOS)
-    return _BACKEND_CACHE[name]
+    return shared_backend(request.param, tokenizer, V, EOS)
 
 
 def by_name(names):
@@ -225,7 +221,7 @@ def test_added_tokens_only_where_named(backend):
 
 # ---------------------------------------------------------------------------- unsupported / invalid
 def test_outlines_rejects_grammar_kinds(tokenizer):
-    backend = _BACKEND_CACHE.get("outlines") or get_backend("outlines", tokenizer, V, EOS)
+    backend = shared_backend("outlines", tokenizer, V, EOS)
     for spec in (GrammarSpec.from_ebnf("arithmetic"), GrammarSpec.from_structural_tag(TAG),
                  GrammarSpec.from_ebnf("bullet_list")):
         with pytest.raises(GrammarError, match=f"backend outlines does not support kind '{spec.kind}'"):

@@ -9,24 +9,20 @@ import re
 
 import pytest
 
-from runtime.constrained import GrammarError, GrammarSpec, get_backend
+from runtime.constrained import GrammarError, GrammarSpec
 from runtime.constrained.probes import PROBES, probe_backend
 from runtime.constrained.schema_check import close_objects, schema_features
-from runtime.constrained.testing import ByteTokenizer
+from runtime.constrained.testing import ByteTokenizer, shared_backend
 
-_BACKENDS: dict[str, object] = {}
+BYTE_TOKENIZER = ByteTokenizer()
 
 
 @pytest.fixture(scope="module", params=["xgrammar", "llguidance", "outlines"])
 def backend(request, tokenizer):
-    name = request.param
-    if name not in _BACKENDS:
-        if name == "llguidance":  # needs a real fast tokenizer
-            _BACKENDS[name] = get_backend(name, tokenizer, 151_936, [151645, 151643])
-        else:
-            byte_tok = ByteTokenizer()
-            _BACKENDS[name] = get_backend(name, byte_tok, len(byte_tok) + 5, byte_tok.eos_token_ids)
-    return _BACKENDS[name]
+    if request.param == "llguidance":  # needs a real fast tokenizer
+        return shared_backend("llguidance", tokenizer, 151_936, [151645, 151643])
+    tok = BYTE_TOKENIZER
+    return shared_backend(request.param, tok, len(tok) + 5, tok.eos_token_ids)
 
 
 def test_claimed_features_are_enforced(backend):
@@ -49,8 +45,8 @@ def test_unclaimed_features_are_errors_when_strict(backend):
 
 def test_outlines_json_object_regex():
     """Indexing any-JSON takes seconds even on 259 tokens: check the regex itself."""
-    tok = ByteTokenizer()
-    backend = _BACKENDS.get("outlines") or get_backend("outlines", tok, len(tok) + 5, tok.eos_token_ids)
+    tok = BYTE_TOKENIZER
+    backend = shared_backend("outlines", tok, len(tok) + 5, tok.eos_token_ids)
     regex = backend.regex_for(GrammarSpec.json_object())
     assert re.fullmatch(regex, '{"k":[1,{"x":null}],"s":"v"}')
     assert not re.fullmatch(regex, "[1]") and not re.fullmatch(regex, '{"k": 1}')  # compact

@@ -11,8 +11,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from runtime.constrained import BOUNDED_WHITESPACE_MAX, GrammarSpec, get_backend
-from runtime.constrained.testing import accepts_text, random_walk
+from runtime.constrained import BOUNDED_WHITESPACE_MAX, GrammarSpec
+from runtime.constrained.testing import accepts_text, random_walk, shared_backend
 
 V = 151_936
 EOS = [151645, 151643]
@@ -22,14 +22,11 @@ FAST = ["Github_trivial---o36645.json",  # enum
         "Github_easy---o48244.json",  # arrays of objects, required
         "Github_easy---o27843.json"]  # pattern, additionalProperties, items
 REF = "Github_trivial---o17608.json"  # $ref (outlines needs ~10 s for it: skipped there)
-_BACKENDS: dict[str, object] = {}
 
 
 @pytest.fixture(scope="module", params=["xgrammar", "llguidance", "outlines"])
 def backend(request, tokenizer):
-    if request.param not in _BACKENDS:
-        _BACKENDS[request.param] = get_backend(request.param, tokenizer, V, EOS)
-    return _BACKENDS[request.param]
+    return shared_backend(request.param, tokenizer, V, EOS)
 
 
 def load_schema(name: str) -> dict:

@@ -45,6 +45,10 @@ def add_parser(sub) -> None:
     p.add_argument("--model-path", default=None, help="tokenizer source (default: the demo model)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=DEFAULT_OUT)
+    p.add_argument("--decode", action="store_true",
+                   help="also measure constrained vs unconstrained decode and jump-forward (small model, "
+                        "batch 16); written to docs/bench/grammar-decode.json")
+    p.add_argument("--dtype", default="bfloat16", help="model dtype for --decode")
     p.set_defaults(func=run)
 
 
@@ -294,3 +298,17 @@ def run(args: argparse.Namespace) -> None:
     out.with_suffix(".md").write_text(markdown(report))
     print(markdown(report))
     print(f"wrote {out} and {out.with_suffix('.md')}")
+    if args.decode:
+        run_decode(args)
+
+
+def run_decode(args: argparse.Namespace) -> None:
+    from runtime.bench.constrained_decode import run_decode_comparison
+    from runtime.demo.checkpoint import demo_model_path
+
+    model = args.model_path or str(demo_model_path("qwen2", "small", args.dtype))
+    report = run_decode_comparison(model, args.dtype)
+    out = Path(args.out).with_name("grammar-decode.json")
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps(report, indent=1))
+    print(f"wrote {out}")

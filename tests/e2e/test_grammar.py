@@ -5,8 +5,10 @@ grammar makes these outputs valid; schemas are kept small (enums) so outputs are
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 import pytest
+from pydantic import BaseModel
 
 from tests.e2e.harness import MODEL, require_grammar
 
@@ -113,7 +115,6 @@ def test_tool_choice_auto_is_valid_when_called(client):
 
 def test_langchain_forced_tool_and_structured_output(server):
     langchain_openai = pytest.importorskip("langchain_openai")
-    from typing import Literal
 
     from pydantic import BaseModel
 
@@ -131,7 +132,6 @@ def test_langchain_forced_tool_and_structured_output(server):
 
 
 def test_openai_parse_returns_a_pydantic_object(client):
-    from typing import Literal
 
     from pydantic import BaseModel
 
@@ -145,7 +145,6 @@ def test_openai_parse_returns_a_pydantic_object(client):
 
 def test_langchain_structured_output_function_calling(server):
     langchain_openai = pytest.importorskip("langchain_openai")
-    from typing import Literal
 
     from pydantic import BaseModel
 
@@ -157,3 +156,25 @@ def test_langchain_structured_output_function_calling(server):
     out = model.with_structured_output(City, method="function_calling").invoke("Where?")
     assert out.city in ("Paris", "Rome")
 
+
+
+class WeatherArgs(BaseModel):
+    city: Literal["Paris", "Rome"]
+
+
+def get_weather(city: str) -> str:
+    """Weather for a city."""
+    return f"sunny in {city}"
+
+
+def test_llamaindex_tool_call(server):
+    openai_like = pytest.importorskip("llama_index.llms.openai_like")
+    from llama_index.core.tools import FunctionTool
+
+    llm = openai_like.OpenAILike(model=MODEL, api_base=f"{server.url}/v1", api_key="unused", is_chat_model=True,
+                                 is_function_calling_model=True, max_tokens=60, context_window=2048, max_retries=0)
+    tool = FunctionTool.from_defaults(fn=get_weather, fn_schema=WeatherArgs)
+    response = llm.chat_with_tools([tool], user_msg="Weather in Rome?", tool_required=True)
+    calls = llm.get_tool_calls_from_response(response, error_on_no_tool_call=True)
+    assert calls[0].tool_name == "get_weather" and calls[0].tool_kwargs["city"] in ("Paris", "Rome")
+    assert tool.call(**calls[0].tool_kwargs).content.startswith("sunny in ")

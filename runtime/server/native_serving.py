@@ -11,12 +11,12 @@ import uuid
 
 from starlette.requests import Request
 
-from runtime.server.errors import APIError, bad_request, error_body, from_exception
+from runtime.server.errors import APIError, bad_request, from_exception
 from runtime.server.metrics import StreamTimer
 from runtime.server.openai_common import abort_error
 from runtime.server.protocol import DetokenizeRequest, GenerateRequest, TokenizeRequest
 from runtime.server.state import ServerState
-from runtime.server.streaming import SSE_DONE, SSEResponse, cancel_on_disconnect, gather_or_cancel, sse
+from runtime.server.streaming import SSE_DONE, SSEResponse, cancel_on_disconnect, gather_or_cancel, sse, sse_error
 
 MAX_BATCH = 1024
 # SGLang frontend fields we accept only at their "unset" value
@@ -123,13 +123,13 @@ async def _stream(state: ServerState, stream, arrival: float):
                 state.metrics.observe_finished(meta, time.time() - arrival)
                 error = abort_error(meta)
                 if error is not None:
-                    yield sse(error_body(error.status, error.message, code=error.code))
+                    yield sse_error(error)
                     break
             yield sse(_clean(chunk))
         yield SSE_DONE
     except Exception as e:  # noqa: BLE001 - the status line is sent: report in-band
         err = from_exception(e)
-        yield sse(error_body(err.status, err.message, code=err.code))
+        yield sse_error(err)
         yield SSE_DONE
     finally:
         await stream.aclose()

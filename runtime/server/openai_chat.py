@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from runtime.server.chat_template import message_to_template_dict
-from runtime.server.errors import bad_request, error_body, from_exception
+from runtime.server.errors import bad_request, from_exception
 from runtime.server.metrics import StreamTimer
 from runtime.server.openai_common import (
     abort_error,
@@ -28,7 +28,15 @@ from runtime.server.openai_common import (
 )
 from runtime.server.protocol import ChatCompletionRequest
 from runtime.server.state import ServerState
-from runtime.server.streaming import SSE_DONE, SSEResponse, cancel_on_disconnect, gather_or_cancel, merge_streams, sse
+from runtime.server.streaming import (
+    SSE_DONE,
+    SSEResponse,
+    cancel_on_disconnect,
+    gather_or_cancel,
+    merge_streams,
+    sse,
+    sse_error,
+)
 from runtime.server.tool_parsers import (
     JsonArrayParser,
     NamedFunctionParser,
@@ -179,7 +187,7 @@ async def _stream(state: ServerState, req, plan: ToolPlan, streams: list, rid: s
                 state.metrics.observe_finished(meta, time.time() - arrival)
                 error = abort_error(meta)
                 if error is not None:
-                    yield sse(error_body(error.status, error.message, code=error.code))
+                    yield sse_error(error)
                     yield SSE_DONE
                     return
             text = out["text"]
@@ -209,7 +217,7 @@ async def _stream(state: ServerState, req, plan: ToolPlan, streams: list, rid: s
         yield SSE_DONE
     except Exception as e:  # noqa: BLE001 - the status line is sent: report in-band
         err = from_exception(e)
-        yield sse(error_body(err.status, err.message, code=err.code))
+        yield sse_error(err)
         yield SSE_DONE
     finally:
         await merged.aclose()  # cancels and aborts choices still running

@@ -9,7 +9,7 @@ import time
 
 from starlette.requests import Request
 
-from runtime.server.errors import bad_request, error_body, from_exception
+from runtime.server.errors import bad_request, from_exception
 from runtime.server.metrics import StreamTimer
 from runtime.server.openai_common import (
     abort_error,
@@ -27,7 +27,15 @@ from runtime.server.openai_common import (
 )
 from runtime.server.protocol import CompletionRequest
 from runtime.server.state import ServerState
-from runtime.server.streaming import SSE_DONE, SSEResponse, cancel_on_disconnect, gather_or_cancel, merge_streams, sse
+from runtime.server.streaming import (
+    SSE_DONE,
+    SSEResponse,
+    cancel_on_disconnect,
+    gather_or_cancel,
+    merge_streams,
+    sse,
+    sse_error,
+)
 
 MAX_BATCH = 256
 
@@ -165,7 +173,7 @@ async def _stream(state, req, prompts, owners: list[int], streams: list, rid, mo
                 state.metrics.observe_finished(meta, time.time() - arrival)
                 error = abort_error(meta)
                 if error is not None:
-                    yield sse(error_body(error.status, error.message, code=error.code))
+                    yield sse_error(error)
                     yield SSE_DONE
                     return
             delta, text_sent[k] = out["text"][text_sent[k]:], len(out["text"])
@@ -188,7 +196,7 @@ async def _stream(state, req, prompts, owners: list[int], streams: list, rid, mo
         yield SSE_DONE
     except Exception as e:  # noqa: BLE001 - the status line is sent: report in-band
         err = from_exception(e)
-        yield sse(error_body(err.status, err.message, code=err.code))
+        yield sse_error(err)
         yield SSE_DONE
     finally:
         await merged.aclose()  # cancels and aborts choices still running

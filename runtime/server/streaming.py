@@ -17,6 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from runtime.server.errors import error_body
+
 logger = logging.getLogger("radixflow.server")
 
 
@@ -26,6 +28,12 @@ def sse(data: Any) -> bytes:
 
 
 SSE_DONE = b"data: [DONE]\n\n"
+
+
+def sse_error(error) -> bytes:
+    """An in-band error event (an ApiError-like object: status, message, code), for
+    streams whose status line has already been sent."""
+    return sse(error_body(error.status, error.message, code=error.code))
 
 
 class ClientDisconnected(Exception):

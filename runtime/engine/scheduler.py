@@ -88,14 +88,14 @@ class Scheduler:
             if req.rid == rid:
                 self.waiting.remove(req)
                 req.finish_reason = reason
-                self._release(req)
+                self._free_kv(req)
                 return [self._token_out(req)]
         for group in (self.running, self.partial):
             for req in group:
                 if req.rid == rid:
                     group.remove(req)
                     req.finish_reason = reason
-                    self._release(req)
+                    self._free_kv(req)
                     return [self._token_out(req)]
         return []
 
@@ -205,7 +205,7 @@ class Scheduler:
             if len(self.running) == 1:  # cannot grow even alone: end it rather than loop
                 req = self.running.pop()
                 req.finish_reason = FinishReason(FinishKind.LENGTH, message="KV pool exhausted")
-                self._release(req)
+                self._free_kv(req)
                 self._pending_outputs.append(self._token_out(req))
                 return None
             self._retract(max(self.running, key=lambda r: (r.arrival_time, r.rid)))
@@ -228,9 +228,6 @@ class Scheduler:
         self.cache.cache_finished(req.fill_ids[:req.kv_len], slots, req.last_node, req.extra_key)
         self.table.free(req.table_row)
         req.table_row, req.last_node = None, None
-
-    def _release(self, req: Req) -> None:
-        self._free_kv(req)
 
     # ---- results ------------------------------------------------------------
     def _process_result(self, batch: ScheduledBatch, result) -> list[TokenOut]:
@@ -269,7 +266,7 @@ class Scheduler:
                 if req in self.running:
                     self.running.remove(req)
             if req.finished:
-                self._release(req)
+                self._free_kv(req)
             elif jumped:
                 self.partial.append(req)  # its forced tokens need an extend before decoding
             elif batch.mode == ForwardMode.EXTEND:

@@ -14,7 +14,7 @@ GREEDY = {"max_new_tokens": NEW_TOKENS, "temperature": 0.0}
 @pytest.fixture(scope="module", params=ARCHS)
 def arch_case(request):
     path = demo_model_path(request.param, "tiny", "float32")
-    prompts = random_prompts(seed=hash(request.param) % 1000)
+    prompts = random_prompts(seed=ARCHS.index(request.param))  # fixed: str hash() is salted per run
     refs = [hf_greedy(path, p, NEW_TOKENS) for p in prompts]
     return request.param, path, prompts, refs
 
@@ -38,7 +38,9 @@ def test_greedy_matches_transformers(arch_case, scenario):
     for i, (ref_ids, ref_lps) in enumerate(refs):
         out = got[f"r{i}"]
         assert out["output_ids"] == ref_ids, f"{arch}/{scenario}: prompt {i} (len {PROMPT_LENS[i]}) diverged"
-        assert max(abs(a - b) for a, b in zip(out["logprobs"], ref_lps)) < 1e-4
+        worst = max(abs(a - b) for a, b in zip(out["logprobs"], ref_lps))
+        # fp32 noise amplified by the random net is ~8e-5 at worst on these prompts
+        assert worst < 1e-4, f"{arch}/{scenario}: prompt {i} logprob off by {worst:.2e}"
     if scenario == "retraction":
         assert core.scheduler.stats["num_retractions"] > 0, "the small pool should have forced retraction"
     core.scheduler.check_no_leaks()

@@ -19,14 +19,15 @@ class KVPool:
         self.page_size = page_size
         self.num_pages = num_slots // page_size
         self.num_slots = self.num_pages * page_size
-        # per layer: [num_slots, num_kv_heads, head_dim]. Left uninitialised (untouched
-        # pages cost no RAM) except the padding page, which masked reads may touch:
-        # it must hold finite values so that 0-weight * value stays 0.
-        shape = (self.num_slots, num_kv_heads, head_dim)
+        # per layer: [num_kv_heads, num_slots, head_dim], head-major so that a gather of
+        # B requests' slots is already [Hkv, B, max_kv, D] for batched matmuls on CPU.
+        # Left uninitialised (untouched pages cost no RAM) except the padding page, which
+        # masked reads may touch: it must hold finite values so that 0-weight * value stays 0.
+        shape = (num_kv_heads, self.num_slots, head_dim)
         self.k_buffers = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.v_buffers = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         for buf in self.k_buffers + self.v_buffers:
-            buf[:page_size].zero_()
+            buf[:, :page_size].zero_()
         self.device = device
         self.clear()
 

@@ -49,6 +49,11 @@ def add_parser(sub) -> None:
                    help="also measure constrained vs unconstrained decode and jump-forward (small model, "
                         "batch 16); written to docs/bench/grammar-decode.json")
     p.add_argument("--dtype", default="bfloat16", help="model dtype for --decode")
+    p.add_argument("--generate", action="store_true",
+                   help="also send every schema through the engine (tiny model, greedy + sampled) and "
+                        "validate what stops; written to docs/bench/grammar-generate.json and .md")
+    p.add_argument("--generate-max-new-tokens", type=int, default=256)
+    p.add_argument("--skip-masks", action="store_true", help="skip the compile/mask/instance tables")
     p.set_defaults(func=run)
 
 
@@ -274,6 +279,15 @@ def run(args: argparse.Namespace) -> None:
     subsets = args.subsets.split(",") if args.subsets else None
     groups = select_files(folder, subsets, args.limit, args.seed)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if not args.skip_masks:
+        run_masks(args, groups, backends)
+    if args.generate:
+        run_generate(args, groups, backends)
+    if args.decode:
+        run_decode(args)
+
+
+def run_masks(args: argparse.Namespace, groups: dict[str, list[Path]], backends: list[str]) -> None:
     report: dict = {"command": "radixflow bench grammar " + " ".join(_argv(args)), "machine": _machine(),
                     "results": {}, "per_schema": {}}
     for backend in backends:
@@ -298,8 +312,26 @@ def run(args: argparse.Namespace) -> None:
     out.with_suffix(".md").write_text(markdown(report))
     print(markdown(report))
     print(f"wrote {out} and {out.with_suffix('.md')}")
-    if args.decode:
-        run_decode(args)
+
+
+def run_generate(args: argparse.Namespace, groups: dict[str, list[Path]], backends: list[str]) -> None:
+    from runtime.bench.grammar_generate import markdown as generate_markdown
+    from runtime.bench.grammar_generate import sweep_backend
+    from runtime.demo.checkpoint import demo_model_path
+
+    model = args.model_path or str(demo_model_path("qwen2", "tiny", "float32"))
+    report = {"command": "radixflow bench grammar " + " ".join(_argv(args)), "machine": _machine(),
+              "max_new_tokens": args.generate_max_new_tokens, "results": {}}
+    for backend in backends:
+        report["results"][backend] = sweep_backend(backend, groups, model, args.generate_max_new_tokens,
+                                                   args.timeout)
+    out = Path(args.out).with_name("grammar-generate.json")
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    md = f"# bench grammar --generate\n\n`{report['command']}`\n\n{report['machine']}.\n" + \
+        generate_markdown(report["results"], args.generate_max_new_tokens)
+    out.with_suffix(".md").write_text(md)
+    print(md)
+    print(f"wrote {out} and {out.with_suffix('.md')}")
 
 
 def run_decode(args: argparse.Namespace) -> None:

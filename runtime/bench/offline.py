@@ -57,6 +57,8 @@ def run_ours(model_path: str, dtype: str, workload, max_running: int) -> dict:
     out_tokens = sum(r["meta_info"]["completion_tokens"] for r in results)
     decode = [s for s in steps if s["mode"] == "decode"]
     at32 = [s for s in decode if s["batch_size"] >= 32]
+    buckets = {f"{lo}-{hi}": [s for s in decode if lo <= s["batch_size"] <= hi]
+               for lo, hi in ((1, 15), (16, 31), (32, 47), (48, 64))}
 
     def overhead_ms(rows):
         return round(1000 * statistics.mean(s["wall"] - s["forward"] for s in rows), 3) if rows else None
@@ -68,6 +70,8 @@ def run_ours(model_path: str, dtype: str, workload, max_running: int) -> dict:
         "sched_overhead_ms_per_decode_step": overhead_ms(decode),
         "sched_overhead_ms_per_decode_step_batch_ge_32": overhead_ms(at32),
         "num_decode_steps_batch_ge_32": len(at32),
+        "sched_overhead_ms_by_batch_size": {k: {"steps": len(v), "overhead_ms": overhead_ms(v)}
+                                            for k, v in buckets.items()},
     }
 
 

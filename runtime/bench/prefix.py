@@ -33,6 +33,9 @@ def add_parser(sub) -> None:
     p.add_argument("--workloads", default="few-shot,multi-turn,tree,no-share")
     p.add_argument("--scale", type=float, default=1.0, help="shrink request counts/lengths (quick runs)")
     p.add_argument("--max-running-requests", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=None,
+                   help="on/off runs per workload, alternated, medians reported (default: 3 for "
+                        "no-share, whose on/off gap is small next to machine noise; 1 otherwise)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=DEFAULT_OUT)
     p.set_defaults(func=run)
@@ -113,22 +116,35 @@ def run_workload(engine, name: str, scale: float, seed: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> None:
+    import statistics
+
     from runtime.demo.checkpoint import demo_model_path
     from runtime.engine.api import Engine
 
     path = args.model_path or str(demo_model_path("qwen2", "small", args.dtype))
     report = {"model": path, "dtype": args.dtype, "scale": args.scale, "workloads": {}}
     for name in args.workloads.split(","):
-        row = {}
-        for label, disable in (("cache_on", False), ("cache_off", True)):
-            with Engine(path, dtype=args.dtype, disable_radix_cache=disable, max_total_tokens=65536,
-                        max_running_requests=args.max_running_requests) as engine:
+        repeats = args.repeats or (3 if name == "no-share" else 1)
+        runs: dict[str, list[dict]] = {"cache_on": [], "cache_off": []}
+        # both engines stay up and take turns, so slow drifts on the machine hit both sides
+        with Engine(path, dtype=args.dtype, max_total_tokens=65536,
+                    max_running_requests=args.max_running_requests) as on_engine, \
+                Engine(path, dtype=args.dtype, disable_radix_cache=True, max_total_tokens=65536,
+                       max_running_requests=args.max_running_requests) as off_engine:
+            for engine in (on_engine, off_engine):
                 engine.generate(input_ids=[1, 2, 3], sampling_params={"max_new_tokens": 2})  # warm-up
-                engine.flush_cache()
-                row[label] = run_workload(engine, name, args.scale, args.seed)
-                engine.check_no_leaks()
+            for _ in range(repeats):
+                for label, engine in (("cache_on", on_engine), ("cache_off", off_engine)):
+                    engine.flush_cache()
+                    runs[label].append(run_workload(engine, name, args.scale, args.seed))
+                    engine.check_no_leaks()
+        row = {label: dict(rows[0], elapsed_s=statistics.median(r["elapsed_s"] for r in rows),
+                           elapsed_s_runs=[r["elapsed_s"] for r in rows])
+               for label, rows in runs.items()}
         on, off = row["cache_on"], row["cache_off"]
-        row["speedup"] = round(off["elapsed_s"] / on["elapsed_s"], 2)
+        for side in (on, off):
+            side["tokens_per_s"] = round((side["prompt_tokens"] + side["output_tokens"]) / side["elapsed_s"], 1)
+        row["speedup"] = round(off["elapsed_s"] / on["elapsed_s"], 3)
         row["hit_rate_vs_optimal"] = round(on["hit_rate"] / on["optimal_hit_rate"], 3) \
             if on["optimal_hit_rate"] else None
         print(f"[{name}] on: {on}\n[{name}] off: {off}\n[{name}] speedup {row['speedup']}x, "

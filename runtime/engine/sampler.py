@@ -72,7 +72,7 @@ class SamplingBatch:
                             ("prompt_ids", prompt_ids)):
             if lists is not None and len(lists) != len(params):
                 raise ValueError(f"{name} must have one list per row")
-        greedy = [p.is_greedy or p.temperature < _GREEDY_TEMPERATURE for p in params]
+        greedy = [_is_greedy(p) for p in params]
 
         def f32(values: list[float]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.float32)
@@ -95,6 +95,21 @@ class SamplingBatch:
                 p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
                 or p.repetition_penalty != 1.0 for p in params),
         )
+
+
+def _is_greedy(p: SamplingParams) -> bool:
+    return p.is_greedy or p.temperature < _GREEDY_TEMPERATURE
+
+
+def is_plain_greedy(p: SamplingParams) -> bool:
+    """Greedy with no penalties: the token is the argmax of the (grammar-masked) logits."""
+    return _is_greedy(p) and p.frequency_penalty == 0.0 and p.presence_penalty == 0.0 \
+        and p.repetition_penalty == 1.0
+
+
+def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
+    """[B, V] -> [B] int64 argmax per row (what `sample` returns for plain greedy rows)."""
+    return _argmax(logits.float())
 
 
 # ----------------------------------------------------------------------------- penalties

@@ -199,7 +199,10 @@ class Scheduler:
         if not self.running:
             return None
         while True:
-            needed = sum(self.pool.pages_needed(r.kv_len, 1) for r in self.running) * self.pool.page_size
+            if self.pool.page_size == 1:
+                needed = len(self.running)
+            else:
+                needed = sum(self.pool.pages_needed(r.kv_len, 1) for r in self.running) * self.pool.page_size
             if self._ensure_free(needed):
                 break
             if len(self.running) == 1:  # cannot grow even alone: end it rather than loop

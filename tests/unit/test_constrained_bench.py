@@ -45,3 +45,38 @@ def test_missing_data_prints_a_message(tmp_path, capsys, monkeypatch):
     args = sub.choices["grammar"].parse_args(["--limit", "1"])
     args.func(args)
     assert "maskbench-dev not found" in capsys.readouterr().out
+
+
+def _result(kind: str, text: str = "", message: str | None = None) -> dict:
+    return {"text": text, "meta_info": {"finish_reason": {"type": kind, "message": message}}}
+
+
+def test_generate_outcomes():
+    from runtime.bench.grammar_generate import _outcome
+
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    assert _outcome(_result("stop", '{"a":1}'), schema) == ("valid", None)
+    assert _outcome(_result("stop", '{"a":"x"}'), schema)[0] == "invalid"
+    assert _outcome(_result("stop", '{"a":'), schema)[0] == "invalid"  # not JSON
+    assert _outcome(_result("length", '{"a":'), schema) == ("length", None)
+    assert _outcome(_result("abort", message="cannot enforce: format"), schema) == ("refused", "cannot enforce: format")
+
+
+def test_generate_sweep_on_two_schemas(tmp_path):
+    """The real engine (tiny model, llguidance) on two maskbench schemas: every request
+    is accounted for and every output that stopped validates."""
+    import pytest
+
+    from runtime.bench.grammar_generate import sweep_backend
+    from runtime.demo.checkpoint import demo_model_path
+
+    folder = grammar.data_dir(None)
+    if folder is None:
+        pytest.skip("maskbench-dev data not found (../shared/data/maskbench-dev)")
+    groups = grammar.select_files(folder, ["Github_easy"], limit=2, seed=0)
+    out = sweep_backend("llguidance", groups, str(demo_model_path("qwen2", "tiny", "float32")),
+                        max_new_tokens=64, compile_timeout=30.0, batch=4)
+    total = out["ALL"]
+    assert total["requests"] == 4
+    assert total["refused"] + total["length"] + total["valid"] + total["invalid"] + total["unchecked"] == 4
+    assert total["invalid"] == 0 and out["invalid"] == []

@@ -51,7 +51,7 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", default="bfloat16", help="model dtype for --decode")
     p.add_argument("--generate", action="store_true",
                    help="also send every schema through the engine (tiny model, greedy + sampled) and "
-                        "validate what stops; written to docs/bench/grammar-generate.json and .md")
+                        "validate what stops; written next to --out as <stem>-generate.json and .md")
     p.add_argument("--generate-max-new-tokens", type=int, default=256)
     p.add_argument("--skip-masks", action="store_true", help="skip the compile/mask/instance tables")
     p.set_defaults(func=run)
@@ -325,7 +325,7 @@ def run_generate(args: argparse.Namespace, groups: dict[str, list[Path]], backen
     for backend in backends:
         report["results"][backend] = sweep_backend(backend, groups, model, args.generate_max_new_tokens,
                                                    args.timeout)
-    out = Path(args.out).with_name("grammar-generate.json")
+    out = Path(args.out).with_name(Path(args.out).stem + "-generate.json")
     out.write_text(json.dumps(report, indent=1) + "\n")
     md = f"# bench grammar --generate\n\n`{report['command']}`\n\n{report['machine']}.\n" + \
         generate_markdown(report["results"], args.generate_max_new_tokens)

@@ -133,8 +133,9 @@ def run(args: argparse.Namespace) -> None:
                        max_running_requests=args.max_running_requests) as off_engine:
             for engine in (on_engine, off_engine):
                 engine.generate(input_ids=[1, 2, 3], sampling_params={"max_new_tokens": 2})  # warm-up
-            for _ in range(repeats):
-                for label, engine in (("cache_on", on_engine), ("cache_off", off_engine)):
+            for r in range(repeats):
+                pair = (("cache_on", on_engine), ("cache_off", off_engine))
+                for label, engine in pair if r % 2 == 0 else pair[::-1]:  # who goes first alternates
                     engine.flush_cache()
                     runs[label].append(run_workload(engine, name, args.scale, args.seed))
                     engine.check_no_leaks()

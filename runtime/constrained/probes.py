@@ -27,6 +27,7 @@ PROBES: list[tuple[str, Any, Any, Any]] = [
     ("const", {"const": "a"}, "a", "b"),
     ("properties", {**OBJ, "properties": {"a": INT}}, {"a": 1}, {"a": "x"}),
     ("required", {**OBJ, "properties": {"a": INT, "b": INT}, "required": ["b"]}, {"b": 1}, {"a": 1}),
+    ("required-unlisted", {**OBJ, "properties": {"a": INT}, "required": ["b"]}, {"a": 1, "b": 2}, {"a": 1}),
     ("additionalProperties", {**OBJ, "additionalProperties": INT}, {"k": 1}, {"k": "x"}),
     ("items", {**ARR, "items": INT}, [1, 2], [1, "x"]),
     ("prefixItems", {**ARR, "prefixItems": [INT, STR], "items": False}, [1, "x"], ["x", 1]),

@@ -76,6 +76,12 @@ _IMPLY_OBJECT = {"properties", "additionalProperties", "patternProperties"}
 def _node_features(node: dict, out: set[str]) -> None:
     """Features that come from keyword combinations within one schema object."""
     keys = set(node) & VALIDATION_KEYWORDS
+    required, props = node.get("required"), node.get("properties")
+    if isinstance(required, list) and isinstance(props, dict) and "patternProperties" not in node \
+            and set(required) - set(props):
+        # closed the way backends close objects, no instance could satisfy it; left
+        # open, xgrammar still generates only the listed properties
+        out.add("required-unlisted")
     for applicator in ("anyOf", "oneOf", "$ref"):
         if applicator in keys and keys - {applicator}:
             out.add(f"{applicator}+siblings")

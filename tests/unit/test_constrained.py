@@ -177,7 +177,8 @@ def test_tool_call_grammar_accepts_the_added_token(backend):
 
 # ---------------------------------------------------------------------------- structural tags
 TOOL_SCHEMA = {"type": "object", "properties": {"name": {"const": "get_weather"}, "arguments": {
-    "type": "object", "properties": {"city": {"type": "string", "pattern": "^[A-Za-z ]{1,20}$"}}, "required": ["city"]}},
+    "type": "object", "properties": {"city": {"type": "string", "pattern": "^[A-Za-z ]{1,20}$"}},
+    "required": ["city"]}},
     "required": ["name", "arguments"]}
 TAG = {"structures": [{"begin": "<tool_call>\n", "schema": TOOL_SCHEMA, "end": "\n</tool_call>"}],
        "triggers": ["<tool_call>"]}

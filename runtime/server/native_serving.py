@@ -8,6 +8,7 @@ import asyncio
 import math
 import time
 import uuid
+from functools import partial
 
 from starlette.requests import Request
 
@@ -87,13 +88,9 @@ async def generate(state: ServerState, req: GenerateRequest, request: Request):
     if req.stream:
         if is_batch:
             raise bad_request("stream=True takes a single prompt", param="stream")
-        lease = state.lease(num)
-        try:
-            stream = await state.engine.async_generate(input_ids=input_ids[0], sampling_params=sps[0], rid=rids[0],
-                                                       stream=True, **kwargs)
-        except BaseException:
-            lease.release()
-            raise
+        (stream,), lease = await state.open_streams(num, [partial(
+            state.engine.async_generate, input_ids=input_ids[0], sampling_params=sps[0], rid=rids[0],
+            stream=True, **kwargs)])
         return SSEResponse(_stream(state, stream, arrival), on_close=lease.release)
     with state.admitted(num):
         coros = [state.engine.async_generate(input_ids=ids, sampling_params=sp, rid=r, **kwargs)

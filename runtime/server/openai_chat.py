@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from functools import partial
 
 from starlette.requests import Request
 
@@ -102,13 +103,9 @@ async def create_chat_completion(state: ServerState, req: ChatCompletionRequest,
     rids = [rid] if req.n == 1 else [f"{rid}-{i}" for i in range(req.n)]
     model = req.model or state.served_model_name
     if req.stream:
-        lease = state.lease(req.n)
-        try:
-            streams = [await state.engine.async_generate(sampling_params=per_choice(sp, i), rid=r, stream=True, **gen)
-                       for i, r in enumerate(rids)]
-        except BaseException:
-            lease.release()
-            raise
+        streams, lease = await state.open_streams(req.n, [
+            partial(state.engine.async_generate, sampling_params=per_choice(sp, i), rid=r, stream=True, **gen)
+            for i, r in enumerate(rids)])
         body = _stream(state, req, plan, streams, rid, model, arrival)
         return SSEResponse(body, on_close=lease.release)
     with state.admitted(req.n):

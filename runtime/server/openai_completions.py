@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 
 from starlette.requests import Request
 
@@ -102,12 +103,7 @@ async def create_completion(state: ServerState, req: CompletionRequest, request:
 
     model = req.model or state.served_model_name
     if req.stream:
-        lease = state.lease(len(specs))
-        try:
-            streams = [await gen(p, r, sp, True) for p, r, sp in specs]
-        except BaseException:
-            lease.release()
-            raise
+        streams, lease = await state.open_streams(len(specs), [partial(gen, p, r, sp, True) for p, r, sp in specs])
         body = _stream(state, req, prompts, [p for p, _, _ in specs], streams, rid, model, arrival)
         return SSEResponse(body, on_close=lease.release)
     with state.admitted(len(specs)):

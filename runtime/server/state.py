@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -77,9 +78,17 @@ class ServerState:
         finally:
             self.release(num)
 
-    def lease(self, num: int) -> "Lease":
+    async def open_streams(self, num: int, openers: list[Callable[[], Awaitable]]) -> tuple[list, "Lease"]:
+        """Admit `num` requests and open their streams (`openers`: zero-argument calls that
+        return the engine's stream coroutine). If opening fails, nothing stays admitted;
+        otherwise the caller releases the lease when the response closes."""
         self.acquire(num)
-        return Lease(self, num)
+        lease = Lease(self, num)
+        try:
+            return [await open_stream() for open_stream in openers], lease
+        except BaseException:
+            lease.release()
+            raise
 
     # ---- off-loop work ---------------------------------------------------------------
     async def tokenize(self, text: str) -> list[int]:

@@ -254,9 +254,10 @@ def markdown(report: dict) -> str:
 def _argv(args: argparse.Namespace) -> list[str]:
     out = []
     for key, value in vars(args).items():
-        if key in ("func", "command", "bench_command") or value is None or callable(value):
+        if key in ("func", "command", "bench", "bench_command") or value in (None, False) or callable(value):
             continue
-        out += [f"--{key.replace('_', '-')}", str(value)]
+        flag = f"--{key.replace('_', '-')}"
+        out += [flag] if value is True else [flag, str(value)]
     return out
 
 
@@ -322,14 +323,14 @@ def run_generate(args: argparse.Namespace, groups: dict[str, list[Path]], backen
     model = args.model_path or str(demo_model_path("qwen2", "tiny", "float32"))
     report = {"command": "radixflow bench grammar " + " ".join(_argv(args)), "machine": _machine(),
               "max_new_tokens": args.generate_max_new_tokens, "results": {}}
-    for backend in backends:
+    out = Path(args.out).with_name(Path(args.out).stem + "-generate.json")
+    for backend in backends:  # written after each backend: a long sweep keeps what it finished
         report["results"][backend] = sweep_backend(backend, groups, model, args.generate_max_new_tokens,
                                                    args.timeout)
-    out = Path(args.out).with_name(Path(args.out).stem + "-generate.json")
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    md = f"# bench grammar --generate\n\n`{report['command']}`\n\n{report['machine']}.\n" + \
-        generate_markdown(report["results"], args.generate_max_new_tokens)
-    out.with_suffix(".md").write_text(md)
+        out.write_text(json.dumps(report, indent=1) + "\n")
+        md = f"# bench grammar --generate\n\n`{report['command']}`\n\n{report['machine']}.\n" + \
+            generate_markdown(report["results"], args.generate_max_new_tokens)
+        out.with_suffix(".md").write_text(md)
     print(md)
     print(f"wrote {out} and {out.with_suffix('.md')}")
 

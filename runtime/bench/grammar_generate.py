@@ -42,40 +42,60 @@ def _outcome(result: dict, schema: dict) -> tuple[str, str | None]:
     return ("valid", None) if error is None else ("invalid", error.message[:200])
 
 
+def _generate_all(engine, prompt_ids: list[int], params: list[dict], batch: int) -> list[dict]:
+    """Every request, at most `batch` in flight: a finished one is replaced at once (no
+    chunk waits for its slowest request), and the grammar compile queue stays short, so
+    the compile timeout, counted from submission, measures compiling, not queueing."""
+    import asyncio
+
+    async def run() -> list[dict]:
+        slots, done = asyncio.Semaphore(batch), [0]
+
+        async def one(p: dict) -> dict:
+            async with slots:
+                result = await engine.async_generate(input_ids=prompt_ids, sampling_params=p)
+            done[0] += 1
+            if done[0] % 500 == 0:
+                print(f"  {done[0]}/{len(params)} requests done", flush=True)
+            return result
+
+        return await asyncio.gather(*(one(p) for p in params))
+
+    return asyncio.run(run())
+
+
 def sweep_backend(backend: str, groups: dict[str, list[Path]], model_path: str, max_new_tokens: int,
                   compile_timeout: float, batch: int = 64) -> dict:
     """-> {"subsets": {subset: counts}, "ALL": counts, "invalid": [examples], "elapsed_s"}."""
     from runtime.engine.api import Engine
 
     start = time.perf_counter()
-    subsets, invalid = {}, []
+    jobs = []  # (subset, file name, schema, mode, sampling params)
+    for subset, files in groups.items():
+        for k, path in enumerate(files):
+            schema = json.loads(path.read_text())["schema"]
+            text = json.dumps(schema)
+            for mode, extra in (("greedy", {"temperature": 0.0}),
+                                ("sampled", {"temperature": 1.0, "sampling_seed": 2 * k + 1})):
+                jobs.append((subset, path.name, schema, mode,
+                             {"max_new_tokens": max_new_tokens, "json_schema": text, **extra}))
     with Engine(model_path, grammar_backend=backend, grammar_compile_timeout_s=compile_timeout,
                 max_running_requests=batch, max_total_tokens=batch * (max_new_tokens + 64)) as engine:
         prompt_ids = engine.tokenizer.encode(PROMPT, add_special_tokens=False)
-        for subset, files in groups.items():
-            counts = dict.fromkeys(("requests", "refused", "length", "valid", "invalid", "unchecked"), 0)
-            jobs = []  # (file name, schema, mode, sampling params)
-            for path in files:
-                schema = json.loads(path.read_text())["schema"]
-                text = json.dumps(schema)
-                for mode, extra in (("greedy", {"temperature": 0.0}),
-                                    ("sampled", {"temperature": 1.0, "sampling_seed": len(jobs)})):
-                    jobs.append((path.name, schema, mode, {"max_new_tokens": max_new_tokens,
-                                                           "json_schema": text, **extra}))
-            for i in range(0, len(jobs), batch):
-                chunk = jobs[i:i + batch]
-                results = engine.generate(input_ids=[prompt_ids] * len(chunk),
-                                          sampling_params=[params for *_, params in chunk])
-                for (name, schema, mode, _), result in zip(chunk, results):
-                    kind, detail = _outcome(result, schema)
-                    counts["requests"] += 1
-                    counts[kind] += 1
-                    if kind in ("invalid", "unchecked"):
-                        invalid.append({"file": name, "mode": mode, "kind": kind, "detail": detail,
-                                        "text": result["text"][:300]})
-            engine.check_no_leaks()
-            subsets[subset] = counts
-            print(f"[{backend} generate] {subset}: {counts}", flush=True)
+        results = _generate_all(engine, prompt_ids, [job[-1] for job in jobs], batch)
+        engine.check_no_leaks()
+    subsets, invalid = {}, []
+    for (subset, name, schema, mode, _), result in zip(jobs, results):
+        counts = subsets.setdefault(subset, dict.fromkeys(
+            ("requests", "refused", "length", "valid", "invalid", "unchecked"), 0))
+        kind, detail = _outcome(result, schema)
+        counts["requests"] += 1
+        counts[kind] += 1
+        if kind in ("invalid", "unchecked"):
+            invalid.append({"file": name, "mode": mode, "kind": kind, "detail": detail,
+                            "text": result["text"][:300]})
+    for subset, counts in subsets.items():
+        print(f"[{backend} generate] {subset}: {counts}", flush=True)
     total = {k: sum(c[k] for c in subsets.values()) for k in next(iter(subsets.values()))} if subsets else {}
     return {"subsets": subsets, "ALL": total, "invalid": invalid,
             "elapsed_s": round(time.perf_counter() - start, 1)}

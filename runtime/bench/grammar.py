@@ -48,7 +48,8 @@ def add_parser(sub) -> None:
     p.add_argument("--decode", action="store_true",
                    help="also measure constrained vs unconstrained decode and jump-forward (small model, "
                         "batch 16); written to docs/bench/grammar-decode.json")
-    p.add_argument("--dtype", default="bfloat16", help="model dtype for --decode")
+    p.add_argument("--dtype", default="bfloat16",
+                   help="model dtype for --decode (small model) and --generate (tiny model)")
     p.add_argument("--generate", action="store_true",
                    help="also send every schema through the engine (tiny model, greedy + sampled) and "
                         "validate what stops; written next to --out as <stem>-generate.json and .md")
@@ -320,9 +321,9 @@ def run_generate(args: argparse.Namespace, groups: dict[str, list[Path]], backen
     from runtime.bench.grammar_generate import sweep_backend
     from runtime.demo.checkpoint import demo_model_path
 
-    model = args.model_path or str(demo_model_path("qwen2", "tiny", "float32"))
+    model = args.model_path or str(demo_model_path("qwen2", "tiny", args.dtype))
     report = {"command": "radixflow bench grammar " + " ".join(_argv(args)), "machine": _machine(),
-              "max_new_tokens": args.generate_max_new_tokens, "results": {}}
+              "model": model, "max_new_tokens": args.generate_max_new_tokens, "results": {}}
     out = Path(args.out).with_name(Path(args.out).stem + "-generate.json")
     for backend in backends:  # written after each backend: a long sweep keeps what it finished
         report["results"][backend] = sweep_backend(backend, groups, model, args.generate_max_new_tokens,

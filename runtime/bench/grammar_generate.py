@@ -1,11 +1,12 @@
 """Engine-level validity sweep (part of `radixflow bench grammar --generate`).
 
 For one backend, every maskbench-dev schema is sent through the real engine twice,
-greedy and sampled (temperature 1, seeded), with the `tiny` random-weight model and
-the real Qwen2.5 tokenizer. A request either is refused (the backend cannot compile
-the schema: an `abort` naming the reason), runs out of tokens (`length`), or stops;
-every output that stops must parse as JSON and validate against its schema with
-`jsonschema` (the schema's own draft, formats not asserted). Invalid ones are listed.
+greedy and sampled (temperature 1, seeded), with the `tiny` random-weight model (bf16
+by default: twice as fast as fp32 here) and the real Qwen2.5 tokenizer. A request
+either is refused (the backend cannot compile the schema: an `abort` naming the
+reason), runs out of tokens (`length`), or stops; every output that stops must parse
+as JSON and validate against its schema with `jsonschema` (the schema's own draft,
+formats not asserted). Invalid ones are listed.
 """
 
 from __future__ import annotations

@@ -77,9 +77,10 @@ class KVPool:
             parts.append(slots)
         return torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64)
 
-    def allocate_decode(self, last_slots: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def allocate_decode(self, last_slots: torch.Tensor | None, positions: torch.Tensor) -> torch.Tensor:
         """One slot per sequence for its token at `positions` [B]; last_slots [B] holds
-        each sequence's slot at position-1. Caller checks capacity first."""
+        each sequence's slot at position-1 (unused, may be None, when page_size is 1).
+        Caller checks capacity first."""
         p = self.page_size
         if p == 1:
             out = self._free_pages[:len(positions)]

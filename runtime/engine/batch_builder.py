@@ -64,13 +64,18 @@ def build_batch(pool: KVPool, table: ReqToTokenTable, mode: ForwardMode, reqs: l
     return ScheduledBatch(mode, reqs, list(extend_lens), prefix_lens, fb, num_rows, samples, lp_positions)
 
 def _build_decode(pool: KVPool, table: ReqToTokenTable, reqs: list[Req]) -> ScheduledBatch:
-    """One new token per request, vectorized over the batch (this runs every step)."""
+    """One new token per request, vectorized over the batch (this runs every step).
+    Table reads and writes go through flat indices and index_select: advanced indexing
+    on the [rows, context] table costs several times more on CPU."""
     num = len(reqs)
     prefix_lens = [r.kv_len for r in reqs]
     rows = torch.tensor([r.table_row for r in reqs], dtype=torch.int64)
     kv_lens = torch.tensor(prefix_lens, dtype=torch.int64)  # [B] position of the new token
-    slots = pool.allocate_decode(table.table[rows, kv_lens - 1], kv_lens)
-    table.table[rows, kv_lens] = slots
+    flat_table = table.table.view(-1)
+    new_cells = rows * table.table.shape[1] + kv_lens  # [B] flat table cell of the new token
+    last_slots = flat_table.index_select(0, new_cells - 1) if pool.page_size > 1 else None
+    slots = pool.allocate_decode(last_slots, kv_lens)
+    flat_table.index_copy_(0, new_cells, slots)
     seq_lens = [n + 1 for n in prefix_lens]
     fb = ForwardBatch(
         mode=ForwardMode.DECODE,
@@ -79,11 +84,12 @@ def _build_decode(pool: KVPool, table: ReqToTokenTable, reqs: list[Req]) -> Sche
         out_cache_loc=slots,
         extend_lens=[1] * num,
         seq_lens=seq_lens,
-        kv_indices=table.table[rows, :max(seq_lens)],
+        kv_indices=table.table[:, :max(seq_lens)].index_select(0, rows),  # [B, max_kv]
         logits_indices=torch.arange(num),
     )
     return ScheduledBatch(ForwardMode.DECODE, reqs, [1] * num, prefix_lens, fb, [1] * num, [True] * num,
                           [[] for _ in reqs])
+
 
 def _prompt_logprob_positions(req: Req, prefix_len: int, extend_len: int) -> list[int]:
     """Positions p in this step whose logits score prompt token p+1, for requests

@@ -13,6 +13,7 @@ import torch
 
 from runtime.cache.kv_pool import KVPool, ReqToTokenTable
 from runtime.config import EngineConfig, ModelConfig
+from runtime.engine.forward_batch import ForwardMode
 from runtime.engine.sampler import SamplingBatch, compute_logprobs, greedy_tokens, is_plain_greedy, sample
 from runtime.layers.attention import TorchNativeBackend
 from runtime.models.loader import load_model
@@ -86,12 +87,25 @@ class ModelRunner:
         fb.positions = fb.positions.to(self.device)
         fb.out_cache_loc = fb.out_cache_loc.to(self.device)
         fb.kv_indices = fb.kv_indices.to(self.device)
+        greedy_only = self._greedy_only(batch)
         start = time.perf_counter()
         self.attn.init_forward_metadata(fb)
         hidden = self.model(fb.input_ids, fb.positions, fb, self.attn)
-        logits = self.model.compute_logits(hidden[fb.logits_indices.to(self.device)])  # [N, V] fp32
+        if greedy_only:  # one row per request, in order: no gather, no fp32 copy
+            logits = self.model.compute_logits(hidden, float32=False)  # [B, V] model dtype
+        else:
+            logits = self.model.compute_logits(hidden.index_select(0, fb.logits_indices.to(self.device)))
         self.forward_time += time.perf_counter() - start
-        return self._sample(batch, logits)
+        if greedy_only:
+            return StepResult(next_token_ids=greedy_tokens(logits).tolist())
+        return self._sample(batch, logits)  # logits [N, V] fp32
+
+    def _greedy_only(self, batch) -> bool:
+        """A decode step where every request takes the plain argmax: no grammar, no
+        logprobs, no penalties, no banned tokens (the common case, kept cheap)."""
+        return batch.mode == ForwardMode.DECODE and all(
+            req.grammar is None and not req.return_logprob and is_plain_greedy(req.sampling_params)
+            and not self._banned(req) for req in batch.reqs)
 
     def _sample(self, batch, logits: torch.Tensor) -> StepResult:
         result = StepResult(next_token_ids=[-1] * len(batch.reqs))

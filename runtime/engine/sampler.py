@@ -108,8 +108,9 @@ def is_plain_greedy(p: SamplingParams) -> bool:
 
 
 def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
-    """[B, V] -> [B] int64 argmax per row (what `sample` returns for plain greedy rows)."""
-    return _argmax(logits.float())
+    """[B, V] (any float dtype) -> [B] int64 argmax per row (what `sample` returns for
+    plain greedy rows: casting to fp32 first would not change the first maximum)."""
+    return _argmax(logits)
 
 
 # ----------------------------------------------------------------------------- penalties
@@ -194,9 +195,24 @@ def _argmax(x: torch.Tensor) -> torch.Tensor:
 
     On CPU torch.argmax is ~8x slower than the value reduction amax, so: amax per block,
     argmax over block maxima (first block holding the maximum), argmax inside that block.
+    bf16/fp16 reductions are not vectorized on CPU, but integer ones are: a non-negative
+    16-bit float orders like its bits read as int16, and a negative one reads as a
+    negative int16, so in every row whose maximum is positive the int16 argmax is the
+    float argmax. Rows without a positive value (rare for logits) take the float path.
     """
     if x.device.type != "cpu":
         return x.argmax(-1)
+    if x.dtype not in (torch.bfloat16, torch.float16):
+        return _blocked_argmax(x)
+    best = _blocked_argmax(x.view(torch.int16))  # [R]
+    positive = x.gather(1, best[:, None]).squeeze(1) > 0  # [R]
+    if not bool(positive.all()):
+        rows = (~positive).nonzero().squeeze(1)
+        best[rows] = _blocked_argmax(x.index_select(0, rows).float())
+    return best
+
+
+def _blocked_argmax(x: torch.Tensor) -> torch.Tensor:
     blocks = _block_reduce(x, torch.amax, _BLOCK).argmax(-1, keepdim=True)  # [R, 1]
     cols, _ = _block_cols(blocks, x.shape[1], _BLOCK)  # [R, _BLOCK]
     # clamped duplicate columns come after the real last column, so they never win a tie

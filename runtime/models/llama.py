@@ -101,10 +101,12 @@ class LlamaForCausalLM(nn.Module):
             hidden = layer(positions, hidden, fb, self.rotary, attn)
         return self.model.norm(hidden)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden: [N, hidden] -> float32 logits [N, vocab_size]."""
+    def compute_logits(self, hidden: torch.Tensor, float32: bool = True) -> torch.Tensor:
+        """hidden: [N, hidden] -> logits [N, vocab_size], float32 unless float32=False
+        (then the model dtype: enough for an argmax, as the fp32 cast is exact)."""
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight).float()
+        logits = F.linear(hidden, weight)
+        return logits.float() if float32 else logits
 
 
 class MistralForCausalLM(LlamaForCausalLM):

@@ -57,3 +57,17 @@ def test_cache_hot_equals_cold(arch_case):
         assert hot[f"r{i}"]["output_ids"] == cold[f"r{i}"]["output_ids"] == refs[i][0]
     assert sum(hot[f"r{i}"]["cached_tokens"] for i in range(len(prompts))) >= sum(PROMPT_LENS) - len(prompts)
     core.scheduler.check_no_leaks()
+
+
+def test_bf16_greedy_fast_path_matches_the_sampler_path():
+    """Plain-greedy decode steps take the argmax of the bf16 logits; requests that ask
+    for logprobs go through the fp32 sampler path. Same tokens either way."""
+    path = demo_model_path("qwen2", "tiny", "bfloat16")
+    prompts = random_prompts(seed=7)
+    core = make_core(path, dtype="bfloat16", disable_radix_cache=True)  # bf16: a hot prefix rounds differently
+    fast = run_core(core, prompts, GREEDY)
+    full = run_core(core, prompts, GREEDY, return_logprob=True)
+    for i in range(len(prompts)):
+        assert fast[f"r{i}"]["output_ids"] == full[f"r{i}"]["output_ids"], f"prompt {i}"
+        assert len(full[f"r{i}"]["logprobs"]) == NEW_TOKENS
+    core.scheduler.check_no_leaks()

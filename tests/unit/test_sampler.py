@@ -202,6 +202,23 @@ def test_blocked_argmax_equals_torch_argmax(V):
     assert torch.equal(sampler._argmax(x[:, : max(1, V // 2)]), x[:, : max(1, V // 2)].argmax(-1))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_greedy_on_half_precision_logits_equals_argmax_of_their_fp32_cast(dtype):
+    """Plain-greedy decode steps take the argmax of bf16/fp16 logits directly; the fp32
+    cast is exact and monotonic, so the token (first maximum on ties) is the same."""
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(8, 151_936, generator=g) * 4).to(dtype)  # ties are common in bf16
+    x[0, 7] = x[0, 150_000] = x[0].max()  # an exact tie: the first index wins
+    x[1] = -x[1].abs()  # no positive value: the int16 shortcut does not apply
+    x[2] = -x[2].abs()
+    x[2, 9] = x[2, 99] = 0.0
+    x[2, 5] = -0.0  # -0.0 == 0.0: the first of the three zeros wins
+    x[3] = 0.0
+    x[4, :100] = float("-inf")
+    assert torch.equal(sampler.greedy_tokens(x), x.float().argmax(-1))
+    assert sampler.greedy_tokens(x)[[0, 2, 3]].tolist() == [7, 5, 0]
+
+
 def test_greedy_rows_are_argmax_in_a_mixed_batch():
     torch.manual_seed(0)
     B, V = 12, 3000

@@ -63,6 +63,10 @@ def run_ours(model_path: str, dtype: str, workload, max_running: int) -> dict:
     def overhead_ms(rows):
         return round(1000 * statistics.mean(s["wall"] - s["forward"] for s in rows), 3) if rows else None
 
+    # the engine loop between two decode steps (inbox poll, outbox put): not part of a step
+    gaps = [b["start"] - a["start"] - a["wall"] for a, b in zip(steps, steps[1:])
+            if a["mode"] == b["mode"] == "decode"]
+
     return {
         "elapsed_s": round(elapsed, 2), "output_tokens": out_tokens,
         "output_tokens_per_s": round(out_tokens / elapsed, 2),
@@ -72,6 +76,7 @@ def run_ours(model_path: str, dtype: str, workload, max_running: int) -> dict:
         "num_decode_steps_batch_ge_32": len(at32),
         "sched_overhead_ms_by_batch_size": {k: {"steps": len(v), "overhead_ms": overhead_ms(v)}
                                             for k, v in buckets.items()},
+        "loop_ms_between_decode_steps": round(1000 * statistics.mean(gaps), 3) if gaps else None,
     }
 
 

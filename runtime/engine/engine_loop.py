@@ -54,7 +54,7 @@ class EngineCore:
         self.grammars = GrammarManager(cfg, model_path, mc.vocab_size, mc.eos_token_ids)
         self.scheduler = Scheduler(cfg, self.runner, self.runner.pool, self.runner.table, self.cache,
                                    self.runner.context_len, mc.eos_token_ids, self.grammars)
-        self.step_times: list[dict] = []  # per step: mode, batch_size, wall s, forward s (bench only)
+        self.step_times: list[dict] = []  # per step: mode, batch_size, start, wall s, forward s (bench only)
 
     def info(self) -> dict:
         mc, pool = self.runner.model_config, self.runner.pool
@@ -114,7 +114,7 @@ class EngineCore:
         outs = self.scheduler.step()
         batch = self.scheduler.last_batch
         if self.cfg.extra.get("record_step_times") and batch is not None:
-            self.step_times.append({"mode": batch.mode.value, "batch_size": len(batch.reqs),
+            self.step_times.append({"mode": batch.mode.value, "batch_size": len(batch.reqs), "start": start,
                                     "wall": time.perf_counter() - start,
                                     "forward": self.runner.forward_time - fwd0})
         return outs

@@ -60,6 +60,7 @@ class GrammarManager:
                 except Exception as e:  # GrammarError and anything the backend raised
                     failed.append((req, f"invalid grammar: {e}"))
             elif now > deadline:
+                self.compiler.abandon(fut)  # grammars queued behind it start now
                 failed.append((req, f"grammar compilation timed out after {self.cfg.grammar_compile_timeout_s}s"))
             else:
                 still.append((req, fut, deadline))

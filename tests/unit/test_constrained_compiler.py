@@ -88,6 +88,47 @@ def test_slow_compile_is_detectable_via_the_future():
     compiler.shutdown(wait=True)
 
 
+class SlowOnlyBackend(FakeBackend):
+    """Values starting with "slow" wait for `release`; the rest compile at once."""
+
+    def _compile(self, spec: GrammarSpec) -> CompiledGrammar:
+        if spec.value.startswith("slow"):
+            self.release.wait(30.0)
+        return CompiledGrammar(spec, handle=object())
+
+
+def test_an_abandoned_compile_stops_holding_up_the_queue():
+    backend = SlowOnlyBackend()
+    compiler = GrammarCompiler(backend, max_workers=1, max_abandoned=1)
+    slow = compiler.submit(GrammarSpec.from_regex("slow"))
+    fast = compiler.submit(GrammarSpec.from_regex("a+"))
+    with pytest.raises(FutureTimeout):
+        fast.result(timeout=0.2)  # queued behind the one worker
+    compiler.abandon(slow)  # its request timed out
+    assert fast.result(timeout=5).spec.value == "a+"
+    assert not slow.done()  # still running in its own thread
+    # a second stuck compile: max_abandoned (1) reached, so it keeps its slot
+    slow2 = compiler.submit(GrammarSpec.from_regex("slow2"))
+    compiler.abandon(slow2)
+    queued = compiler.submit(GrammarSpec.from_regex("b+"))
+    with pytest.raises(FutureTimeout):
+        queued.result(timeout=0.2)
+    backend.release.set()
+    assert slow.result(timeout=5) and slow2.result(timeout=5) and queued.result(timeout=5)
+    compiler.shutdown(wait=True)
+
+
+def test_shutdown_cancels_queued_compiles():
+    backend = SlowOnlyBackend()
+    compiler = GrammarCompiler(backend, max_workers=1)
+    slow = compiler.submit(GrammarSpec.from_regex("slow"))
+    queued = compiler.submit(GrammarSpec.from_regex("a+"))
+    compiler.shutdown()
+    assert queued.cancelled()
+    backend.release.set()
+    assert slow.result(timeout=5)
+
+
 def test_lru_eviction_and_parallel_compiles():
     backend = FakeBackend(delay=0.2)
     compiler = GrammarCompiler(backend, max_workers=4, cache_size=2)

@@ -45,7 +45,7 @@ SUPPORTED_FEATURES = frozenset({
     "minLength", "maxLength",
     "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "multipleOf:number",
     "multipleOf+range", "pattern+length", "patternProperties", "minProperties", "maxProperties",
-    "anyOf+siblings", "oneOf+siblings", "$ref+siblings", "untyped-constraint", "enum+constraint",
+    "anyOf+siblings", "oneOf+siblings", "$ref+siblings", "untyped-constraint", "enum+constraint", "enum+type",
     "format:date", "format:time", "format:date-time", "format:duration", "format:email",
     "format:ipv4", "format:ipv6", "format:hostname", "format:uuid", "format:uri",
 })

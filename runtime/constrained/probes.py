@@ -78,6 +78,7 @@ PROBES: list[tuple[str, Any, Any, Any]] = [
         "a": {"$ref": "#p"}}}, {"a": 1}, {"a": -1}),
     ("untyped-constraint", {"pattern": "^a+$"}, "aa", "b"),
     ("enum+constraint", {"enum": ["a", "abc"], "minLength": 2}, "abc", "a"),
+    ("enum+type", {**STR, "enum": ["a", 1]}, "a", 1),
     ("format:date", {**STR, "format": "date"}, "2024-02-29", "yesterday"),
     ("format:time", {**STR, "format": "time"}, "12:34:56Z", "noon"),
     ("format:date-time", {**STR, "format": "date-time"}, "2024-02-29T12:34:56Z", "2024-02-29"),

@@ -1,7 +1,7 @@
 """Honest JSON-schema support: find the keywords a backend would silently ignore.
 
-`schema_features(schema)` walks a schema (all subschemas, local `$ref` targets
-included by walking `$defs`/`definitions`) and returns the set of *features* it
+`schema_features(schema)` walks a schema (all subschemas, `$defs`/`definitions`, and
+every local `$ref` target wherever it lives) and returns the set of *features* it
 uses: standard validation keywords by name (`minLength`, `uniqueItems`, ...), plus
 refined features where support differs by value:
     "format:<name>"   a `format` value (backends enforce only some formats)
@@ -18,6 +18,7 @@ refined features where support differs by value:
     "untyped-constraint"  string/number/array/object keywords with no "type" (nor a keyword
                       that implies it, like properties or items)
     "enum+constraint" enum/const next to keywords that filter its values
+    "enum+type"       enum/const values that the schema's own "type" excludes
 Annotation keywords (title, description, default, examples, ...) and non-standard
 keys (`x-...`, `javaType`, ...) carry no validation meaning and are never features.
 
@@ -88,6 +89,8 @@ def _node_features(node: dict, out: set[str]) -> None:
     if "enum" in keys or "const" in keys:
         if keys & (_STRING_KW | _NUMBER_KW | _ARRAY_KW | _OBJECT_KW):
             out.add("enum+constraint")
+        if "type" in keys and not _values_fit_type(node):
+            out.add("enum+type")
     elif "type" not in keys:
         untyped = (keys & (_STRING_KW | _NUMBER_KW)) or (keys & _ARRAY_KW and not keys & _IMPLY_ARRAY) \
             or (keys & _OBJECT_KW and not keys & _IMPLY_OBJECT)
@@ -95,9 +98,30 @@ def _node_features(node: dict, out: set[str]) -> None:
             out.add("untyped-constraint")
 
 
-def _walk(node: Any, out: set[str], root: Any) -> None:
+def _values_fit_type(node: dict) -> bool:
+    """Whether every enum/const value has one of the node's declared types."""
+    types = node["type"] if isinstance(node["type"], list) else [node["type"]]
+    values = [node["const"]] if "const" in node else node.get("enum")
+    if not isinstance(values, list):
+        return True  # malformed: validate_schema reports it
+    return all(any(_has_type(v, t) for t in types) for v in values)
+
+
+def _has_type(value: Any, json_type: Any) -> bool:
+    if json_type == "integer":
+        return _type_of(value) == "number" and float(value).is_integer()
+    return _type_of(value) == json_type
+
+
+def _walk(node: Any, out: set[str], root: Any, seen: set[int] | None = None) -> None:
+    """Collect features of `node` and its subschemas; local $ref targets are walked
+    too (once each), wherever in the document they live."""
     if not isinstance(node, dict):
         return  # boolean schema (or malformed: check_schema reports that)
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        return
+    seen.add(id(node))
     _node_features(node, out)
     for key, value in node.items():
         if key in ANNOTATIONS and key not in ("$defs", "definitions"):
@@ -125,6 +149,9 @@ def _walk(node: Any, out: set[str], root: Any) -> None:
             local = isinstance(value, str) and value.startswith("#")
             pointer = local and (value == "#" or value.startswith("#/"))
             out.add("$ref" if pointer else "$ref:anchor" if local else "$ref:remote")
+            target = _resolve(node, root) if pointer else node
+            if target is not node:  # resolved (an unresolvable pointer returns node itself)
+                _walk(target, out, root, seen)
         elif key in VALIDATION_KEYWORDS:
             out.add(key)
             if key == "patternProperties" and isinstance(value, dict) and any(map(has_lookaround, value)):
@@ -132,18 +159,18 @@ def _walk(node: Any, out: set[str], root: Any) -> None:
         # follow subschemas
         if key in _SUB_MAP and isinstance(value, dict):
             for sub in value.values():
-                _walk(sub, out, root)
+                _walk(sub, out, root, seen)
         elif key in _SUB_LIST and isinstance(value, list):
             for sub in value:
-                _walk(sub, out, root)
+                _walk(sub, out, root, seen)
         elif key == "propertyNames" and isinstance(value, dict):
-            _walk({"type": "string", **value}, out, root)  # names are strings
+            _walk({"type": "string", **value}, out, root, seen)  # names are strings
         elif key in _SUB_ONE or key == "items":
             for sub in value if isinstance(value, list) else [value]:
-                _walk(sub, out, root)
+                _walk(sub, out, root, seen)
         elif key == "dependencies" and isinstance(value, dict):
             for sub in value.values():
-                _walk(sub, out, root)
+                _walk(sub, out, root, seen)
 
 
 def has_lookaround(pattern: Any) -> bool:

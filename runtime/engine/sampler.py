@@ -203,21 +203,23 @@ def _argmax(x: torch.Tensor) -> torch.Tensor:
     if x.device.type != "cpu":
         return x.argmax(-1)
     if x.dtype not in (torch.bfloat16, torch.float16):
-        return _blocked_argmax(x)
-    best = _blocked_argmax(x.view(torch.int16))  # [R]
-    positive = x.gather(1, best[:, None]).squeeze(1) > 0  # [R]
+        return _blocked_argmax(x)[0]
+    best, top_bits = _blocked_argmax(x.view(torch.int16))  # [R] each
+    positive = top_bits > 0  # the int16 maximum is the bits of a positive float
     if not bool(positive.all()):
         rows = (~positive).nonzero().squeeze(1)
-        best[rows] = _blocked_argmax(x.index_select(0, rows).float())
+        best[rows] = _blocked_argmax(x.index_select(0, rows).float())[0]
     return best
 
 
-def _blocked_argmax(x: torch.Tensor) -> torch.Tensor:
+def _blocked_argmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[R, N] -> (first argmax [R] int64, the maximum [R])."""
     blocks = _block_reduce(x, torch.amax, _BLOCK).argmax(-1, keepdim=True)  # [R, 1]
-    cols, _ = _block_cols(blocks, x.shape[1], _BLOCK)  # [R, _BLOCK]
+    cols = (blocks * _BLOCK + torch.arange(_BLOCK)).clamp_(max=x.shape[1] - 1)  # [R, _BLOCK]
     # clamped duplicate columns come after the real last column, so they never win a tie
-    best = x.gather(1, cols).argmax(-1, keepdim=True)  # [R, 1]
-    return cols.gather(1, best).squeeze(1)
+    values = x.gather(1, cols)  # [R, _BLOCK]
+    best = values.argmax(-1, keepdim=True)  # [R, 1]
+    return cols.gather(1, best).squeeze(1), values.gather(1, best).squeeze(1)
 
 
 def _topk(w: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -73,6 +73,20 @@ def test_schema_features():
         "oneOf:overlapping", "const", "required"}
 
 
+def test_schema_features_follow_refs_anywhere_and_see_enum_type_conflicts():
+    # a $ref into a non-standard location (maskbench Github_easy o87942): its minLength
+    # must be seen, or a backend that cannot enforce it would compile the schema anyway
+    schema = {"resourceDefinitions": {"acct": {"type": "object", "properties": {
+                  "name": {"type": "string", "minLength": 1}, "self": {"$ref": "#/resourceDefinitions/acct"}}}},
+              "type": "object", "properties": {"acct": {"$ref": "#/resourceDefinitions/acct"},
+                                               "dangling": {"$ref": "#/nowhere"}}}
+    assert schema_features(schema) == {"type", "properties", "$ref", "minLength"}
+    # enum values the node's own type excludes (maskbench Github_hard o31171)
+    assert "enum+type" in schema_features({"type": "object", "enum": ["none", "trace"]})
+    assert "enum+type" in schema_features({"type": "integer", "const": 1.5})
+    assert "enum+type" not in schema_features({"type": ["integer", "null"], "enum": [1, 2.0, None]})
+
+
 def test_close_objects():
     schema = {"type": "object", "properties": {"a": {"type": "object", "properties": {"b": {}}}},
               "patternProperties": {"^x": {}}}

@@ -28,7 +28,7 @@ from runtime.constrained.base import (
     GrammarSpec,
 )
 from runtime.constrained.regex_util import ascii_classes
-from runtime.constrained.schema_check import check_schema
+from runtime.constrained.schema_check import check_schema, is_unconstrained, map_subschemas
 
 # Features outlines-core's schema -> regex translation enforces (probed by
 # tests/unit/test_constrained_keywords.py). Notably absent: minimum/maximum and
@@ -40,6 +40,20 @@ SUPPORTED_FEATURES = frozenset({
     "format:date", "format:time", "format:date-time", "format:uuid", "format:uri", "format:email",
 })
 _MAX_ROLLBACK = 1 << 20  # effectively unlimited: the Guide keeps one int per token
+
+
+_ANY_VALUE = {"anyOf": [{"type": t} for t in ("null", "boolean", "number", "string", "array", "object")]}
+
+
+def spell_out_any_values(schema: Any) -> Any:
+    """outlines-core turns an unconstrained subschema (`{}`) into an alternation it does
+    not parenthesize, so `{"properties": {"a": {}}}` would also admit a bare string at
+    the top level (found by `bench grammar --generate`). Nested `{}` become an explicit
+    anyOf of the six JSON types, which it groups correctly; the top level stays as is."""
+    def fix(node: Any) -> Any:
+        return dict(_ANY_VALUE) if is_unconstrained(node) else map_subschemas(node, fix)
+
+    return map_subschemas(schema, fix)
 
 
 class OutlinesBackend(GrammarBackend):
@@ -68,7 +82,8 @@ class OutlinesBackend(GrammarBackend):
         if spec.kind == "json_schema":
             check_schema(schema, self.name, self.supported_features, spec.strict)
         try:
-            return oc.json_schema.build_regex_from_schema(json.dumps(schema), whitespace_pattern=self._whitespace(spec))
+            return oc.json_schema.build_regex_from_schema(json.dumps(spell_out_any_values(schema)),
+                                                          whitespace_pattern=self._whitespace(spec))
         except Exception as e:
             raise GrammarError(f"outlines cannot translate this JSON schema: {e}") from None
 

@@ -173,6 +173,26 @@ def _walk(node: Any, out: set[str], root: Any, seen: set[int] | None = None) -> 
                 _walk(sub, out, root, seen)
 
 
+def map_subschemas(node: Any, fn) -> Any:
+    """Copy of schema `node` with `fn` applied to each of its direct subschemas."""
+    if not isinstance(node, dict):
+        return node
+    out = dict(node)
+    for key, value in node.items():
+        if key in _SUB_MAP and isinstance(value, dict):
+            out[key] = {k: fn(v) for k, v in value.items()}
+        elif key in _SUB_LIST + ("items",) and isinstance(value, list):
+            out[key] = [fn(v) for v in value]
+        elif key in _SUB_ONE + ("items",) and isinstance(value, (dict, bool)):
+            out[key] = fn(value)
+    return out
+
+
+def is_unconstrained(node: Any) -> bool:
+    """A subschema that admits any JSON value: `{}`, `true`, or annotations only."""
+    return node is True or (isinstance(node, dict) and not (set(node) & VALIDATION_KEYWORDS))
+
+
 def has_lookaround(pattern: Any) -> bool:
     return isinstance(pattern, str) and any(s in pattern for s in ("(?=", "(?!", "(?<=", "(?<!"))
 

@@ -53,6 +53,21 @@ def test_outlines_json_object_regex():
     assert re.fullmatch(backend.regex_for(GrammarSpec.json_object(whitespace="bounded")), '{"k": 1}')
 
 
+def test_outlines_unconstrained_subschemas_stay_inside_their_object():
+    """outlines-core does not parenthesize the any-value alternation of `{}`: a property
+    with an empty schema let a bare top-level string through (maskbench BFCL_java_7)."""
+    tok = BYTE_TOKENIZER
+    backend = shared_backend("outlines", tok, len(tok) + 5, tok.eos_token_ids)
+    for empty in ({}, {"description": "anything"}, True):
+        schema = {"type": "object", "properties": {"a": empty, "b": {"type": "array", "items": empty}},
+                  "required": ["a"], "additionalProperties": False}
+        regex = backend.regex_for(GrammarSpec.from_json_schema(schema))
+        for bare in ('"abc"', "null", "1", "[1]"):
+            assert not re.fullmatch(regex, bare)
+        for value in ('"x"', "null", "-1.5", "[1,{}]", '{"k":[true]}'):
+            assert re.fullmatch(regex, '{"a":' + value + ',"b":[' + value + "]}")
+
+
 def test_schema_features():
     schema = {
         "$defs": {"a": {"type": "string", "format": "email"}},

@@ -97,8 +97,9 @@ class GrammarCompiler:
             self._failed_at.clear()
 
     def abandon(self, fut: Future) -> None:
-        """Every waiter on `fut` gave up (compile timeout): let queued compiles start now
-        instead of behind it, unless max_abandoned threads are already running on."""
+        """A request waiting on `fut` timed out: let queued compiles start now instead of
+        behind it, unless max_abandoned threads already run on. Other waiters on `fut`
+        still get its result when it ends."""
         with self._lock:
             if fut in self._running and len(self._abandoned) < self.max_abandoned:
                 self._running.discard(fut)

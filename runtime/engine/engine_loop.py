@@ -116,7 +116,8 @@ class EngineCore:
         if self.cfg.extra.get("record_step_times") and batch is not None:
             self.step_times.append({"mode": batch.mode.value, "batch_size": len(batch.reqs), "start": start,
                                     "wall": time.perf_counter() - start,
-                                    "forward": self.runner.forward_time - fwd0})
+                                    "forward": self.runner.forward_time - fwd0,
+                                    "finished": sum(out.finished for out in outs)})
         return outs
 
     def fail_all(self, error: str) -> list:

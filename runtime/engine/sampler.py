@@ -215,7 +215,7 @@ def _argmax(x: torch.Tensor) -> torch.Tensor:
 def _blocked_argmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[R, N] -> (first argmax [R] int64, the maximum [R])."""
     blocks = _block_reduce(x, torch.amax, _BLOCK).argmax(-1, keepdim=True)  # [R, 1]
-    cols = (blocks * _BLOCK + torch.arange(_BLOCK)).clamp_(max=x.shape[1] - 1)  # [R, _BLOCK]
+    cols, _ = _block_cols(blocks, x.shape[1], _BLOCK)  # [R, _BLOCK]
     # clamped duplicate columns come after the real last column, so they never win a tie
     values = x.gather(1, cols)  # [R, _BLOCK]
     best = values.argmax(-1, keepdim=True)  # [R, 1]

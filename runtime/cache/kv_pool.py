@@ -82,10 +82,10 @@ class KVPool:
         each sequence's slot at position-1 (unused, may be None, when page_size is 1).
         Caller checks capacity first."""
         p = self.page_size
-        if p == 1:
+        if p == 1:  # a view is safe: the free list is replaced, never written in place
             out = self._free_pages[:len(positions)]
             self._free_pages = self._free_pages[len(positions):]
-            return out.clone()
+            return out
         out = last_slots + 1  # continue the current page ...
         starts_page = positions % p == 0  # ... unless the token opens a new one
         num_new = int(starts_page.sum())

@@ -11,7 +11,7 @@ from runtime.cache.kv_pool import KVPool, ReqToTokenTable
 from runtime.cache.prefix_cache import PrefixCache
 from runtime.config import EngineConfig
 from runtime.core import FinishKind, FinishReason, GenerateRequest, Req, TokenOut
-from runtime.engine.batch_builder import ScheduledBatch, build_batch
+from runtime.engine.batch_builder import DecodeInputs, ScheduledBatch, build_decode, build_extend
 from runtime.engine.forward_batch import ForwardMode
 from runtime.engine.schedule_policy import order_waiting, prefix_key
 
@@ -33,6 +33,7 @@ class Scheduler:
         self.partial: list[Req] = []
         self._pending_outputs: list[TokenOut] = []  # finishes decided outside a step
         self.last_batch: ScheduledBatch | None = None
+        self._decode_inputs: DecodeInputs | None = None  # the last decode step's, reused while unchanged
         self.stats = {"num_retractions": 0, "prompt_tokens": 0, "generation_tokens": 0,
                       "cached_tokens": 0, "decode_steps": 0, "extend_steps": 0, "jump_forward_tokens": 0}
 
@@ -165,7 +166,7 @@ class Scheduler:
             return None
         admitted = {id(r) for r in reqs}
         self.waiting = [r for r in self.waiting if id(r) not in admitted]
-        return build_batch(self.pool, self.table, ForwardMode.EXTEND, reqs, extend_lens)
+        return build_extend(self.pool, self.table, reqs, extend_lens)
 
     def _match_prefix(self, req: Req) -> None:
         match = self.cache.match_prefix(prefix_key(req), req.extra_key)
@@ -212,7 +213,8 @@ class Scheduler:
                 self._pending_outputs.append(self._token_out(req))
                 return None
             self._retract(max(self.running, key=lambda r: (r.arrival_time, r.rid)))
-        return build_batch(self.pool, self.table, ForwardMode.DECODE, list(self.running), [1] * len(self.running))
+        batch, self._decode_inputs = build_decode(self.pool, self.table, list(self.running), self._decode_inputs)
+        return batch
 
     def _retract(self, req: Req) -> None:
         """Give back a running request's KV (kept in the prefix cache where possible) and
@@ -235,28 +237,26 @@ class Scheduler:
     # ---- results ------------------------------------------------------------
     def _process_result(self, batch: ScheduledBatch, result) -> list[TokenOut]:
         outputs = []
-        if batch.mode == ForwardMode.DECODE:
-            self.stats["decode_steps"] += 1
-        else:
-            self.stats["extend_steps"] += 1
+        extend = batch.mode == ForwardMode.EXTEND
+        self.stats["extend_steps" if extend else "decode_steps"] += 1
         for i, req in enumerate(batch.reqs):
             req.kv_len = batch.prefix_lens[i] + batch.extend_lens[i]
-            if req.finished:  # aborted while the step ran (not possible today, kept safe)
+            if req.finish_reason is not None:  # aborted while the step ran (not possible today, kept safe)
                 continue
-            if req.wants_prompt_logprobs and (result.prompt_logprobs.get(i) or (
-                    req.input_token_logprobs is None and req.kv_len >= len(req.origin_input_ids))):
-                self._add_prompt_logprobs(req, result.prompt_logprobs.get(i, []))
-            if batch.mode == ForwardMode.EXTEND:
+            if extend:
+                if req.wants_prompt_logprobs and (result.prompt_logprobs.get(i) or (
+                        req.input_token_logprobs is None and req.kv_len >= len(req.origin_input_ids))):
+                    self._add_prompt_logprobs(req, result.prompt_logprobs.get(i, []))
                 self._cache_chunk(req)  # share the computed prompt now, not only at the end
-            if req.kv_len < req.seq_len:  # more prefill chunks to go
-                continue
-            if batch.mode == ForwardMode.EXTEND and not req.output_ids and not req.num_retractions:
-                self.stats["prompt_tokens"] += len(req.origin_input_ids)
-                self.stats["cached_tokens"] += req.cached_tokens
+                if req.kv_len < req.seq_len:  # more prefill chunks to go
+                    continue
+                if not req.output_ids and not req.num_retractions:
+                    self.stats["prompt_tokens"] += len(req.origin_input_ids)
+                    self.stats["cached_tokens"] += req.cached_tokens
             if req.sampling_params.max_new_tokens == 0:
                 req.finish_reason = FinishReason(FinishKind.LENGTH)
             else:
-                token = int(result.next_token_ids[i])
+                token = result.next_token_ids[i]
                 req.output_ids.append(token)
                 self.stats["generation_tokens"] += 1
                 if req.return_logprob:
@@ -264,19 +264,19 @@ class Scheduler:
                     req.output_token_logprobs.append((lp, token))
                     req.output_top_logprobs.append(top)
                 self._check_finished(req, token)
-            jumped = not req.finished and self._jump_forward(req)
-            if req.finished or jumped:
-                if req in self.running:
-                    self.running.remove(req)
-            if req.finished:
+            finished = req.finish_reason is not None
+            jumped = not finished and req.grammar is not None and self._jump_forward(req)
+            if (finished or jumped) and not extend:
+                self.running.remove(req)
+            if finished:
                 self._free_kv(req)
             elif jumped:
                 self.partial.append(req)  # its forced tokens need an extend before decoding
-            elif batch.mode == ForwardMode.EXTEND:
+            elif extend:
                 self.running.append(req)
-            out = self._token_out(req) if (req.finished or self._streams(req)) else None
-            if out is not None:
-                outputs.append(out)
+            if finished or req.stream or req.sampling_params.stop:
+                # stop strings are matched on text in the main process: it needs every token
+                outputs.append(self._token_out(req))
         return outputs
 
     def _cache_chunk(self, req: Req) -> None:
@@ -342,11 +342,6 @@ class Scheduler:
         req.output_ids[-1:] = new_ids
         self.stats["jump_forward_tokens"] += len(new_ids) - 1
         return True
-
-    @staticmethod
-    def _streams(req: Req) -> bool:
-        # stop strings are matched on text in the main process, so it needs every token
-        return req.stream or bool(req.sampling_params.stop)
 
     def _token_out(self, req: Req) -> TokenOut:
         new = req.output_ids[req.num_sent:]

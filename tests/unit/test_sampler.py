@@ -190,7 +190,8 @@ def test_chi_square_check_can_fail():
 # ----------------------------------------------------------------------------- greedy
 
 
-@pytest.mark.parametrize("V", [1, 7, 511, 512, 513, 1500, 4096])
+# 8191 and 10007 are prime (a ragged last block); 151,936 splits into 128 blocks of 1187
+@pytest.mark.parametrize("V", [1, 7, 511, 512, 513, 1500, 4096, 8191, 10007, 151_936])
 def test_blocked_argmax_equals_torch_argmax(V):
     g = torch.Generator().manual_seed(V)
     x = torch.randint(-3, 4, (16, V), generator=g).float()  # many ties: first index wins

@@ -108,7 +108,7 @@ class EngineConfig:
     disable_radix_cache: bool = False
     random_seed: int = 0
     grammar_backend: str = "auto"  # auto | xgrammar | llguidance | outlines
-    grammar_compile_timeout_s: float = 30.0
+    grammar_compile_timeout_s: float = 30.0  # per compile, from its start (queued time does not count)
     enable_jump_forward: bool = False  # see docs/benchmarks.md for why it is off by default
     num_threads: int | None = None  # torch CPU threads in the engine process
     extra: dict = field(default_factory=dict)

@@ -161,7 +161,7 @@ class TokenOut:
     input_top_logprobs: list[list[tuple[float, int]] | None] | None = None
 
 
-@dataclass
+@dataclass(eq=False)  # identity: list.remove / `in` must not compare every field
 class Req:
     """A request's state inside the engine process.
 

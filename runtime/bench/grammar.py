@@ -11,9 +11,11 @@ Glaiveai2K, Kubernetes, ...), with the demo model's Qwen2.5 tokenizer (V = 151,9
     token by token; a valid instance counts as accepted when every token is accepted
     (and as terminated when EOS is then accepted), an invalid one as rejected when any
     token or the final EOS is refused.
-Each backend runs in a child process that is killed and restarted when one schema
-exceeds --timeout (outlines can index a schema for minutes); backends run one after
-the other so their timings do not compete. Writes docs/bench/grammar.json and .md.
+Each backend runs in a child process. outlines stops a compile itself at --timeout
+(it indexes in a process it can kill; some schemas would take minutes); a child still
+busy with one schema KILL_GRACE_S after --timeout is killed and restarted. Either
+counts as a timeout. Backends run one after the other so their timings do not compete.
+Writes docs/bench/grammar.json and .md (after each subset, so a long run keeps its part).
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ def _measure(backend, tokenizer, schema, tests: list[dict], seed: int) -> dict:
     except GrammarError as e:
         msg = str(e)
         out["status"] = ("unsupported" if "cannot enforce" in msg else "invalid" if "invalid JSON schema" in msg
-                         else "error")
+                         else "timeout" if "the compile was stopped" in msg else "error")
         out["error"] = msg[:300]
         return out
     out["status"], out["compile_ms"] = "ok", (time.perf_counter() - t0) * 1e3
@@ -161,7 +163,7 @@ def _child(backend_name: str, model_path: str | None, conn) -> None:
         job = conn.recv()
         if job is None:
             return
-        path, seed = job
+        path, seed, backend.compile_timeout_s = job
         doc = json.loads(Path(path).read_text())
         try:
             conn.send(_measure(backend, tokenizer, doc["schema"], doc.get("tests", []), seed))
@@ -169,8 +171,11 @@ def _child(backend_name: str, model_path: str | None, conn) -> None:
             conn.send({"status": "error", "error": f"{type(e).__name__}: {e}"[:300]})
 
 
+KILL_GRACE_S = 5.0  # a backend that stops its own compile at the timeout gets to report it
+
+
 class Worker:
-    """One backend in a child process; restarted after a timeout."""
+    """One backend in a child process; restarted when it overruns a schema's timeout."""
 
     def __init__(self, backend: str, model_path: str | None) -> None:
         self.backend, self.model_path, self.proc = backend, model_path, None
@@ -186,8 +191,8 @@ class Worker:
     def measure(self, path: Path, seed: int, timeout: float) -> dict:
         if self.proc is None:
             self.start()
-        self.conn.send((str(path), seed))
-        if self.conn.poll(timeout):
+        self.conn.send((str(path), seed, timeout))
+        if self.conn.poll(timeout + KILL_GRACE_S):
             return self.conn.recv()
         self.stop(kill=True)
         return {"status": "timeout"}
@@ -242,7 +247,7 @@ def markdown(report: dict) -> str:
              "med / p99 | mask µs med / p99 | valid accepted (terminated) | invalid rejected |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for backend, subsets in report["results"].items():
-        for subset, s in subsets.items():
+        for subset, s in sorted(subsets.items(), key=lambda item: item[0] == "ALL"):  # ALL last
             lines.append(
                 f"| {backend} | {subset} | {s['compiled']}/{s['schemas']} | {s['unsupported']} | {s['invalid']} | "
                 f"{s['error']} | {s['timeout']} | {_fmt(s['compile_ms_median'])} / {_fmt(s['compile_ms_p99'])} | "
@@ -292,9 +297,14 @@ def run(args: argparse.Namespace) -> None:
 def run_masks(args: argparse.Namespace, groups: dict[str, list[Path]], backends: list[str]) -> None:
     report: dict = {"command": "radixflow bench grammar " + " ".join(_argv(args)), "machine": _machine(),
                     "results": {}, "per_schema": {}}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     for backend in backends:
         worker = Worker(backend, args.model_path)
-        per_subset, per_schema, everything = {}, {}, []
+        per_subset: dict = {}
+        per_schema = report["per_schema"][backend] = {}
+        report["results"][backend] = per_subset
+        everything: list[dict] = []
         t0 = time.time()
         for subset, files in groups.items():
             results = [worker.measure(path, args.seed, args.timeout) for path in files]
@@ -302,18 +312,18 @@ def run_masks(args: argparse.Namespace, groups: dict[str, list[Path]], backends:
                 per_schema[path.name] = {k: v for k, v in r.items() if k in ("status", "compile_ms", "error")}
             everything += results
             per_subset[subset] = summarize(results)
+            per_subset["ALL"] = summarize(everything)  # so far; a long run keeps what it finished
+            _write_report(out, report)
             print(f"[{backend}] {subset}: {json.dumps(per_subset[subset])}", flush=True)
         worker.stop()
-        per_subset["ALL"] = summarize(everything)
-        report["results"][backend] = per_subset
-        report["per_schema"][backend] = per_schema
         print(f"[{backend}] done in {time.time() - t0:.0f}s; ALL: {json.dumps(per_subset['ALL'])}", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
     print(markdown(report))
     print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+def _write_report(out: Path, report: dict) -> None:
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown(report))
 
 
 def run_generate(args: argparse.Namespace, groups: dict[str, list[Path]], backends: list[str]) -> None:

@@ -46,8 +46,8 @@ def _outcome(result: dict, schema: dict) -> tuple[str, str | None]:
 def _generate_all(engine, prompt_ids: list[int], params: list[dict], batch: int) -> list[dict]:
     """Every request, at most `batch` in flight: a finished one is replaced at once (no
     chunk waits for its slowest request), and at most `batch` grammars wait to compile.
-    The compile timeout counts from submission, so a slow backend (outlines) can still
-    time out requests that queued behind other compiles."""
+    The compile timeout counts from the start of each compile, so queueing behind slow
+    compiles (outlines) does not turn into timeouts."""
     import asyncio
 
     async def run() -> list[dict]:

@@ -57,8 +57,8 @@ def run_ours(model_path: str, dtype: str, workload, max_running: int) -> dict:
     out_tokens = sum(r["meta_info"]["completion_tokens"] for r in results)
     decode = [s for s in steps if s["mode"] == "decode"]
     at32 = [s for s in decode if s["batch_size"] >= 32]
-    buckets = {f"{lo}-{hi}": [s for s in decode if lo <= s["batch_size"] <= hi]
-               for lo, hi in ((1, 15), (16, 31), (32, 47), (48, 64))}
+    buckets = {f"{lo}-{lo + 7}": [s for s in decode if lo <= s["batch_size"] <= lo + 7] for lo in range(0, 64, 8)}
+    buckets = {("1-7" if k == "0-7" else k): v for k, v in buckets.items() if v}
 
     def overhead_ms(rows):
         return round(1000 * statistics.mean(s["wall"] - s["forward"] for s in rows), 3) if rows else None
@@ -76,7 +76,13 @@ def run_ours(model_path: str, dtype: str, workload, max_running: int) -> dict:
         "num_decode_steps_batch_ge_32": len(at32),
         "sched_overhead_ms_by_batch_size": {k: {"steps": len(v), "overhead_ms": overhead_ms(v)}
                                             for k, v in buckets.items()},
+        # a step that finishes requests also frees their KV and reports them
+        "sched_overhead_ms_steps_finishing_requests": overhead_ms([s for s in decode if s["finished"]]),
+        "sched_overhead_ms_steps_finishing_none": overhead_ms([s for s in decode if not s["finished"]]),
         "loop_ms_between_decode_steps": round(1000 * statistics.mean(gaps), 3) if gaps else None,
+        # every decode step: [batch size, overhead ms, requests it finished]
+        "decode_steps_raw": [[s["batch_size"], round(1000 * (s["wall"] - s["forward"]), 3), s["finished"]]
+                             for s in decode],
     }
 
 
@@ -119,7 +125,8 @@ def run(args: argparse.Namespace) -> None:
     for dtype in args.dtypes.split(","):
         path = args.model_path or str(demo_model_path("qwen2", "small", dtype))
         row = {"model": path, "ours": run_ours(path, dtype, workload, args.max_running_requests)}
-        print(f"[{dtype}] radixflow: {row['ours']}", flush=True)
+        summary = {k: v for k, v in row["ours"].items() if k != "decode_steps_raw"}
+        print(f"[{dtype}] radixflow: {summary}", flush=True)
         if not args.skip_hf:
             row["transformers"] = run_hf(path, dtype, workload, args.hf_batch_size)
             row["ratio"] = round(row["ours"]["output_tokens_per_s"] / row["transformers"]["output_tokens_per_s"], 2)

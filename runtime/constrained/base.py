@@ -241,6 +241,8 @@ class GrammarBackend(abc.ABC):
     # JSON-schema features it enforces (see schema_check.schema_features); others are
     # GrammarErrors for strict specs
     supported_features: ClassVar[frozenset[str]] = frozenset()
+    # seconds after which a backend that can stop a compile (outlines) stops it; None: never
+    compile_timeout_s: float | None = None
 
     def __init__(self, tokenizer: Any, vocab_size: int, eos_token_ids: list[int]) -> None:
         from runtime.constrained.vocab import TokenVocab

@@ -2,7 +2,8 @@
 vocabulary (state -> allowed token -> next state), so per-token work is a table
 lookup, but compiling walks every token through the DFA: seconds to minutes for
 real JSON schemas on a 151k vocabulary, and regular languages only (no EBNF, no
-recursion beyond a fixed depth, no structural tags).
+recursion beyond a fixed depth, no structural tags). The Index is built in a child
+process (`outlines_index`), killed when it runs past `compile_timeout_s`.
 
 Vocabulary: an `outlines_core.Vocabulary` of our exact token bytes for text tokens
 only (added tokens and padded ids never enter the DFA). outlines-core knows a single
@@ -27,6 +28,7 @@ from runtime.constrained.base import (
     GrammarMatcher,
     GrammarSpec,
 )
+from runtime.constrained.outlines_index import IndexTimeout, IndexWorkers
 from runtime.constrained.regex_util import ascii_classes
 from runtime.constrained.schema_check import check_schema, is_unconstrained, map_subschemas
 
@@ -67,7 +69,11 @@ class OutlinesBackend(GrammarBackend):
         for token_id, data in enumerate(self.vocab.token_bytes):
             if data and self.vocab.is_text_token(token_id):
                 by_bytes.setdefault(data, []).append(token_id)
-        self.oc_vocabulary = oc.Vocabulary(self.vocab.eos_ids[0], by_bytes)
+        self._index_workers = IndexWorkers(self.vocab.eos_ids[0], by_bytes)
+
+    def close(self) -> None:
+        """Stop the idle index processes (they also exit with this process)."""
+        self._index_workers.close()
 
     def _whitespace(self, spec: GrammarSpec) -> str:
         return "" if spec.whitespace == "compact" else rf"[ \t\n\r]{{0,{BOUNDED_WHITESPACE_MAX}}}"
@@ -90,8 +96,11 @@ class OutlinesBackend(GrammarBackend):
     def _compile(self, spec: GrammarSpec) -> CompiledGrammar:
         regex = self.regex_for(spec)
         try:
-            index = oc.Index(regex, self.oc_vocabulary)
-        except Exception as e:
+            index = self._index_workers.build(regex, self.compile_timeout_s)
+        except IndexTimeout:
+            raise GrammarError(f"outlines did not finish indexing the {spec.kind} grammar within "
+                               f"{self.compile_timeout_s}s; the compile was stopped") from None
+        except RuntimeError as e:
             raise GrammarError(f"outlines cannot compile the {spec.kind} regex: {e}") from None
         return CompiledGrammar(spec, index)
 

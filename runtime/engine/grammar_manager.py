@@ -1,6 +1,9 @@
 """Grammar compilation off the hot path: requests with a grammar wait here (not in
 the scheduler's waiting queue) until their grammar is compiled in a thread pool;
-a bad spec or a compile past the timeout ends only that request."""
+a bad spec or a compile past the timeout ends only that request.
+
+The timeout counts from the start of the request's compile, not from its arrival:
+time spent queued behind other compiles does not count."""
 
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ class GrammarManager:
         self.vocab_size, self.eos_token_ids = vocab_size, list(eos_token_ids)
         self._compiler = None
         self.tokenizer = None  # loaded with the compiler
-        self.pending: list[tuple[Req, object, float]] = []  # (request, Future, deadline)
+        # (request, Future, deadline: None while the compile is queued)
+        self.pending: list[tuple[Req, object, float | None]] = []
         self.compile_times: list[float] = []  # seconds, for metrics
 
     @property
@@ -30,7 +34,9 @@ class GrammarManager:
 
             name = DEFAULT_BACKEND if self.cfg.grammar_backend == "auto" else self.cfg.grammar_backend
             self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-            self._compiler = GrammarCompiler(get_backend(name, self.tokenizer, self.vocab_size, self.eos_token_ids))
+            backend = get_backend(name, self.tokenizer, self.vocab_size, self.eos_token_ids)
+            backend.compile_timeout_s = self.cfg.grammar_compile_timeout_s  # outlines stops its compile
+            self._compiler = GrammarCompiler(backend)
         return self._compiler
 
     @staticmethod
@@ -44,7 +50,7 @@ class GrammarManager:
         return GrammarSpec.from_sampling_params(sp)
 
     def submit(self, req: Req, spec) -> None:
-        self.pending.append((req, self.compiler.submit(spec), time.monotonic() + self.cfg.grammar_compile_timeout_s))
+        self.pending.append((req, self.compiler.submit(spec), None))
         req.grammar_submitted_at = time.monotonic()
 
     def poll(self) -> tuple[list[Req], list[tuple[Req, str]]]:
@@ -59,6 +65,9 @@ class GrammarManager:
                     ready.append(req)
                 except Exception as e:  # GrammarError and anything the backend raised
                     failed.append((req, f"invalid grammar: {e}"))
+            elif deadline is None:  # queued until now: its time starts when its compile does
+                running = fut.running()
+                still.append((req, fut, now + self.cfg.grammar_compile_timeout_s if running else None))
             elif now > deadline:
                 self.compiler.abandon(fut)  # grammars queued behind it start now
                 failed.append((req, f"grammar compilation timed out after {self.cfg.grammar_compile_timeout_s}s"))

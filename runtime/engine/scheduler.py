@@ -122,6 +122,8 @@ class Scheduler:
         return outputs
 
     def _schedule_extend(self) -> ScheduledBatch | None:
+        if not (self.partial or self.waiting):
+            return None
         free_rows = self.table.available_size()
         budget = self.cfg.max_prefill_tokens
         reserve = sum(min(DECODE_RESERVE_PER_REQ, r.sampling_params.max_new_tokens - len(r.output_ids))

@@ -15,3 +15,4 @@ def test_run_ours_reports_real_steps(tiny_model_path):
     assert report["loop_ms_between_decode_steps"] >= 0
     buckets = report["sched_overhead_ms_by_batch_size"]
     assert sum(b["steps"] for b in buckets.values()) == report["decode_steps"]
+    assert report["sched_overhead_ms_steps_finishing_requests"] > 0  # every request ends in a decode step

@@ -2,6 +2,7 @@
 
 import json
 import re
+import time
 
 import jsonschema
 import pytest
@@ -87,13 +88,38 @@ def test_bad_specs_fail_only_that_request(core):
     core.scheduler.check_no_leaks()
 
 
-def test_compile_timeout_fails_the_request_and_engine_stays_healthy(path):
-    core = make_core(path, grammar_compile_timeout_s=0.0)
+def slow_compiles(monkeypatch, core, seconds: float) -> None:
+    """Make every compile of this core's grammar backend take `seconds` longer."""
+    backend = core.grammars.compiler.backend
+    compile_now = backend._compile
+
+    def slow(spec):
+        time.sleep(seconds)
+        return compile_now(spec)
+
+    monkeypatch.setattr(backend, "_compile", slow)
+
+
+def test_compile_timeout_fails_the_request_and_engine_stays_healthy(path, monkeypatch):
+    core = make_core(path, grammar_compile_timeout_s=0.3)
+    slow_compiles(monkeypatch, core, 1.5)
     schema = {"type": "object", "properties": {f"k{i}": {"type": "string"} for i in range(40)}}
     res = run_core(core, random_prompts(lens=(5, 6)),
                    [{"max_new_tokens": 8, "json_schema": json.dumps(schema)}, {"max_new_tokens": 4}])
-    assert "timed out" in res["r0"]["finish_reason"].message
+    assert "timed out after 0.3s" in res["r0"]["finish_reason"].message
     assert res["r1"]["finish_reason"].kind.value in ("stop", "length")
+    core.scheduler.check_no_leaks()
+
+
+def test_compile_timeout_does_not_count_time_queued_behind_other_compiles(path, monkeypatch):
+    """One compile worker, three grammars of 0.6 s each, timeout 1 s: the third waits
+    1.2 s before its compile starts, yet none times out."""
+    core = make_core(path, grammar_compile_timeout_s=1.0)
+    slow_compiles(monkeypatch, core, 0.6)
+    params = [{"max_new_tokens": 4, "regex": f"[a-z]{{{n}}}"} for n in (3, 4, 5)]
+    res = run_core(core, random_prompts(lens=(5, 6, 7)), params)
+    assert sorted(res) == ["r0", "r1", "r2"]
+    assert all(r["finish_reason"].kind.value in ("stop", "length") for r in res.values()), res
     core.scheduler.check_no_leaks()
 
 

@@ -6,8 +6,11 @@ jump-forward and the reasoning prefix. JSON-schema walks: test_constrained_schem
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+import time
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -227,6 +230,44 @@ def test_outlines_rejects_grammar_kinds(tokenizer):
                  GrammarSpec.from_ebnf("bullet_list")):
         with pytest.raises(GrammarError, match=f"backend outlines does not support kind '{spec.kind}'"):
             backend.compile(spec)
+
+
+def _index_children_cpu_seconds() -> dict[int, float]:
+    """CPU seconds used so far by each child process running outlines_index.py."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            cmdline = (stat.parent / "cmdline").read_bytes()
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        if b"outlines_index.py" in cmdline and int(fields[1]) == os.getpid():  # fields[1]: ppid
+            out[int(stat.parent.name)] = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads child CPU time from /proc")
+def test_outlines_stops_a_compile_past_its_timeout(tokenizer):
+    """outlines indexes in a child process, killed at the timeout: no core stays busy
+    with a compile nobody waits for, and the next compile gets a fresh child."""
+    backend = shared_backend("outlines", tokenizer, V, EOS)
+    slow = GrammarSpec.from_regex("[a-z]{0,3000}")  # 3,001 DFA states x 151k tokens: minutes
+    backend.compile_timeout_s = 1.0
+    try:
+        start = time.monotonic()
+        with pytest.raises(GrammarError, match="within 1.0s; the compile was stopped"):
+            backend.compile(slow)
+        assert time.monotonic() - start < 10
+    finally:
+        backend.compile_timeout_s = None
+    before = _index_children_cpu_seconds()
+    time.sleep(1.0)
+    after = _index_children_cpu_seconds()
+    busy = {pid: after[pid] - before[pid] for pid in after if pid in before and after[pid] - before[pid] > 0.3}
+    assert not busy, f"index processes still computing: {busy}"
+    compiled = backend.compile(GrammarSpec.from_regex(ISO_DATE))
+    assert accepts_text(backend.new_matcher(compiled), backend.tokenizer.encode("2024-02-29"), EOS[0])
 
 
 @by_name(BACKENDS)

@@ -26,6 +26,12 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--disable-radix-cache", action="store_true")
     p.add_argument("--random-seed", type=int, default=0)
     p.add_argument("--num-threads", type=int, default=None)
+    p.add_argument("--grammar-backend", default="auto", choices=["auto", "xgrammar", "llguidance", "outlines"],
+                   help="grammar-constrained decoding backend (auto: llguidance, see grammars/README.md)")
+    p.add_argument("--grammar-compile-timeout-s", type=float, default=EngineConfig.grammar_compile_timeout_s,
+                   help="seconds one grammar may compile, from the start of its compile")
+    p.add_argument("--enable-jump-forward", action="store_true",
+                   help="append text the grammar forces without decoding it (off: outputs differ)")
 
 
 def engine_options(args: argparse.Namespace) -> dict:

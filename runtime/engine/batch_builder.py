@@ -62,6 +62,7 @@ def build_extend(pool: KVPool, table: ReqToTokenTable, reqs: list[Req], extend_l
     return ScheduledBatch(ForwardMode.EXTEND, reqs, list(extend_lens), prefix_lens, fb, num_rows, samples,
                           lp_positions)
 
+
 @dataclass
 class DecodeInputs:
     """Index tensors of a decode step. They depend only on each request's table row and

@@ -58,6 +58,31 @@ def spell_out_any_values(schema: Any) -> Any:
     return map_subschemas(schema, fix)
 
 
+# keywords that only constrain values of one type (JSON Schema ignores them for others)
+_TYPE_KEYWORDS = {
+    "object": ("properties", "additionalProperties", "required", "patternProperties", "minProperties",
+               "maxProperties", "propertyNames", "dependentRequired", "dependentSchemas", "dependencies"),
+    "array": ("items", "prefixItems", "additionalItems", "minItems", "maxItems", "uniqueItems", "contains"),
+}
+
+
+def drop_other_type_keywords(schema: Any) -> Any:
+    """outlines-core reads `properties` even under `"type": "array"` and then generates an
+    object (maskbench Github_easy o45174, found by `bench grammar --generate`). Keywords of
+    a type that the node's `type` excludes constrain nothing, so they are dropped first."""
+    def fix(node: Any) -> Any:
+        node = map_subschemas(node, fix)
+        declared = node.get("type") if isinstance(node, dict) else None
+        if isinstance(declared, (str, list)):
+            types = {declared} if isinstance(declared, str) else set(declared)
+            for kind, keywords in _TYPE_KEYWORDS.items():
+                if kind not in types:
+                    node = {k: v for k, v in node.items() if k not in keywords}
+        return node
+
+    return fix(schema)
+
+
 class OutlinesBackend(GrammarBackend):
     name = "outlines"
     supported_kinds = frozenset({"json_schema", "json_object", "regex", "choices"})
@@ -88,7 +113,8 @@ class OutlinesBackend(GrammarBackend):
         if spec.kind == "json_schema":
             check_schema(schema, self.name, self.supported_features, spec.strict)
         try:
-            return oc.json_schema.build_regex_from_schema(json.dumps(spell_out_any_values(schema)),
+            schema = drop_other_type_keywords(spell_out_any_values(schema))
+            return oc.json_schema.build_regex_from_schema(json.dumps(schema),
                                                           whitespace_pattern=self._whitespace(spec))
         except Exception as e:
             raise GrammarError(f"outlines cannot translate this JSON schema: {e}") from None

@@ -68,6 +68,23 @@ def test_outlines_unconstrained_subschemas_stay_inside_their_object():
             assert re.fullmatch(regex, '{"a":' + value + ',"b":[' + value + "]}")
 
 
+def test_outlines_ignores_object_keywords_under_another_type():
+    """outlines-core generated `{}` for an array schema that also had `properties: {}` and
+    `additionalProperties: false` (maskbench Github_easy o45174)."""
+    tok = BYTE_TOKENIZER
+    backend = shared_backend("outlines", tok, len(tok) + 5, tok.eos_token_ids)
+    schema = {"type": "array", "items": {"type": "integer"}, "properties": {}, "additionalProperties": False}
+    regex = backend.regex_for(GrammarSpec.from_json_schema(schema))
+    assert re.fullmatch(regex, "[1,2]") and re.fullmatch(regex, "[]")
+    assert not re.fullmatch(regex, "{}")
+    nested = {"type": "object", "properties": {"n": {"type": ["integer", "null"], "items": {"type": "string"},
+                                                     "properties": {"a": {"type": "string"}}}},
+              "required": ["n"], "additionalProperties": False}
+    regex = backend.regex_for(GrammarSpec.from_json_schema(nested))
+    assert re.fullmatch(regex, '{"n":3}') and re.fullmatch(regex, '{"n":null}')
+    assert not re.fullmatch(regex, '{"n":{"a":"x"}}') and not re.fullmatch(regex, '{"n":["x"]}')
+
+
 def test_schema_features():
     schema = {
         "$defs": {"a": {"type": "string", "format": "email"}},

@@ -56,7 +56,7 @@ PROBES: list[tuple[str, Any, Any, Any]] = [
     ("multipleOf", {**INT, "multipleOf": 5}, 10, 11),
     ("multipleOf:number", {**NUM, "multipleOf": 0.5}, 1.5, 1.2),
     ("multipleOf+range", {**INT, "multipleOf": 5, "minimum": 0, "maximum": 10**6}, 10, 11),
-    ("pattern+length", {**STR, "pattern": "^[a-z]+$", "maxLength": 3}, "abc", "abcd"),
+    ("pattern+length", {**STR, "pattern": "^[a-z]+$", "maxLength": 3}, "abc", "A1"),  # length ok, pattern not
     ("pattern:lookaround", {**STR, "pattern": "^(?=.*[0-9])[a-z0-9]{2,4}$"}, "ab1", "abc"),
     ("patternProperties", {**OBJ, "patternProperties": {"^x[a-z]*$": INT}, "additionalProperties": False},
      {"xa": 1}, {"ya": 1}),
@@ -80,8 +80,8 @@ PROBES: list[tuple[str, Any, Any, Any]] = [
     ("enum+constraint", {"enum": ["a", "abc"], "minLength": 2}, "abc", "a"),
     ("enum+type", {**STR, "enum": ["a", 1]}, "a", 1),
     ("format:date", {**STR, "format": "date"}, "2024-02-29", "yesterday"),
-    ("format:time", {**STR, "format": "time"}, "12:34:56Z", "noon"),
-    ("format:date-time", {**STR, "format": "date-time"}, "2024-02-29T12:34:56Z", "2024-02-29"),
+    ("format:time", {**STR, "format": "time"}, "12:34:56Z", "12:34:56"),  # RFC 3339: the offset is required
+    ("format:date-time", {**STR, "format": "date-time"}, "2024-02-29T12:34:56Z", "2024-02-29T12:34:56"),
     ("format:duration", {**STR, "format": "duration"}, "P3D", "3 days"),
     ("format:email", {**STR, "format": "email"}, "a@b.com", "a.b.com"),
     ("format:ipv4", {**STR, "format": "ipv4"}, "10.0.0.1", "10.0.0"),

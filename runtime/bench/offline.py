@@ -57,8 +57,8 @@ def run_ours(model_path: str, dtype: str, workload, max_running: int) -> dict:
     out_tokens = sum(r["meta_info"]["completion_tokens"] for r in results)
     decode = [s for s in steps if s["mode"] == "decode"]
     at32 = [s for s in decode if s["batch_size"] >= 32]
-    buckets = {f"{lo}-{lo + 7}": [s for s in decode if lo <= s["batch_size"] <= lo + 7] for lo in range(0, 64, 8)}
-    buckets = {("1-7" if k == "0-7" else k): v for k, v in buckets.items() if v}
+    buckets = {f"{max(lo, 1)}-{lo + 7}": [s for s in decode if lo <= s["batch_size"] <= lo + 7]
+               for lo in range(0, 64, 8)}
 
     def overhead_ms(rows):
         return round(1000 * statistics.mean(s["wall"] - s["forward"] for s in rows), 3) if rows else None
@@ -75,7 +75,7 @@ def run_ours(model_path: str, dtype: str, workload, max_running: int) -> dict:
         "sched_overhead_ms_per_decode_step_batch_ge_32": overhead_ms(at32),
         "num_decode_steps_batch_ge_32": len(at32),
         "sched_overhead_ms_by_batch_size": {k: {"steps": len(v), "overhead_ms": overhead_ms(v)}
-                                            for k, v in buckets.items()},
+                                            for k, v in buckets.items() if v},
         # a step that finishes requests also frees their KV and reports them
         "sched_overhead_ms_steps_finishing_requests": overhead_ms([s for s in decode if s["finished"]]),
         "sched_overhead_ms_steps_finishing_none": overhead_ms([s for s in decode if not s["finished"]]),

@@ -3,7 +3,6 @@ for the new tokens, records them in the request table, and builds the ForwardBat
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +10,7 @@ import torch
 from runtime.cache.kv_pool import KVPool, ReqToTokenTable
 from runtime.core import Req
 from runtime.engine.forward_batch import ForwardBatch, ForwardMode
+from runtime.engine.sampler import cached_arange
 
 
 @dataclass
@@ -106,17 +106,11 @@ def build_decode(pool: KVPool, table: ReqToTokenTable, reqs: list[Req],
         extend_lens=[1] * num,
         seq_lens=seq_lens,
         kv_indices=table.table[:, :max(seq_lens)].index_select(0, inputs.rows_t),  # [B, max_kv]
-        logits_indices=_arange(num),
+        logits_indices=cached_arange(num),
     )
     batch = ScheduledBatch(ForwardMode.DECODE, reqs, [1] * num, inputs.kv_lens, fb, [1] * num, [True] * num,
                            [[] for _ in reqs])
     return batch, inputs
-
-
-@functools.lru_cache(maxsize=256)
-def _arange(n: int) -> torch.Tensor:
-    """A shared, read-only arange (logits rows of a decode batch)."""
-    return torch.arange(n)
 
 
 def _prompt_logprob_positions(req: Req, prefix_len: int, extend_len: int) -> list[int]:

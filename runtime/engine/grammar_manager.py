@@ -66,8 +66,7 @@ class GrammarManager:
                 except Exception as e:  # GrammarError and anything the backend raised
                     failed.append((req, f"invalid grammar: {e}"))
             elif deadline is None:  # queued until now: its time starts when its compile does
-                running = fut.running()
-                still.append((req, fut, now + self.cfg.grammar_compile_timeout_s if running else None))
+                still.append((req, fut, now + self.cfg.grammar_compile_timeout_s if fut.running() else None))
             elif now > deadline:
                 self.compiler.abandon(fut)  # grammars queued behind it start now
                 failed.append((req, f"grammar compilation timed out after {self.cfg.grammar_compile_timeout_s}s"))

@@ -220,7 +220,7 @@ def _blocked_argmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     N = x.shape[1]
     size = _argmax_block_size(N)
     blocks = _block_reduce(x, torch.amax, size).argmax(-1)  # [R] first block holding the max
-    cols = blocks[:, None] * size + _arange(size, x.device)  # [R, size]
+    cols = blocks[:, None] * size + cached_arange(size, x.device)  # [R, size]
     if N % size:  # ragged last block: clamped duplicates of column N-1 come after it,
         cols.clamp_(max=N - 1)  # so they never win a tie
     maxima, inner = x.gather(1, cols).max(-1)  # [R] each; max(dim) returns the first maximum
@@ -235,8 +235,9 @@ def _argmax_block_size(n: int) -> int:
     return next((s for s in range(_BLOCK, 8 * _BLOCK + 1) if n % s == 0), _BLOCK)
 
 
-@functools.lru_cache(maxsize=16)
-def _arange(n: int, device: torch.device) -> torch.Tensor:
+@functools.lru_cache(maxsize=256)
+def cached_arange(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A shared torch.arange(n): callers must only read it (one op fewer per step)."""
     return torch.arange(n, device=device)
 
 

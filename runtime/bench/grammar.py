@@ -335,13 +335,18 @@ def run_generate(args: argparse.Namespace, groups: dict[str, list[Path]], backen
     report = {"command": "radixflow bench grammar " + " ".join(_argv(args)), "machine": _machine(),
               "model": model, "max_new_tokens": args.generate_max_new_tokens, "results": {}}
     out = Path(args.out).with_name(Path(args.out).stem + "-generate.json")
-    for backend in backends:  # written after each backend: a long sweep keeps what it finished
-        report["results"][backend] = sweep_backend(backend, groups, model, args.generate_max_new_tokens,
-                                                   args.timeout)
+
+    def write(backend: str, result: dict) -> str:
+        report["results"][backend] = result
         out.write_text(json.dumps(report, indent=1) + "\n")
         md = f"# bench grammar --generate\n\n`{report['command']}`\n\n{report['machine']}.\n" + \
             generate_markdown(report["results"], args.generate_max_new_tokens)
         out.with_suffix(".md").write_text(md)
+        return md
+
+    for backend in backends:  # written after each subset: a long sweep keeps what it finished
+        md = write(backend, sweep_backend(backend, groups, model, args.generate_max_new_tokens, args.timeout,
+                                          on_subset=lambda partial, b=backend: write(b, partial)))
     print(md)
     print(f"wrote {out} and {out.with_suffix('.md')}")
 

@@ -67,40 +67,43 @@ def _generate_all(engine, prompt_ids: list[int], params: list[dict], batch: int)
 
 
 def sweep_backend(backend: str, groups: dict[str, list[Path]], model_path: str, max_new_tokens: int,
-                  compile_timeout: float, batch: int = 64) -> dict:
-    """-> {"subsets": {subset: counts}, "ALL": counts, "invalid": [examples], "elapsed_s"}."""
+                  compile_timeout: float, batch: int = 64, on_subset=None) -> dict:
+    """-> {"subsets": {subset: counts}, "ALL": counts, "invalid": [examples], "elapsed_s"}.
+    Subsets run one after another on one engine; `on_subset(partial result)` is called after
+    each, so a long sweep (outlines: ~1.5 h) can write what it has finished."""
     from runtime.engine.api import Engine
 
     start = time.perf_counter()
-    jobs = []  # (subset, file name, schema, mode, sampling params)
-    for subset, files in groups.items():
-        for k, path in enumerate(files):
-            schema = json.loads(path.read_text())["schema"]
-            text = json.dumps(schema)
-            for mode, extra in (("greedy", {"temperature": 0.0}),
-                                ("sampled", {"temperature": 1.0, "sampling_seed": 2 * k + 1})):
-                jobs.append((subset, path.name, schema, mode,
-                             {"max_new_tokens": max_new_tokens, "json_schema": text, **extra}))
+    report = {"subsets": {}, "ALL": {}, "invalid": [], "elapsed_s": 0.0}
     with Engine(model_path, grammar_backend=backend, grammar_compile_timeout_s=compile_timeout,
                 max_running_requests=batch, max_total_tokens=batch * (max_new_tokens + 64)) as engine:
         prompt_ids = engine.tokenizer.encode(PROMPT, add_special_tokens=False)
-        results = _generate_all(engine, prompt_ids, [job[-1] for job in jobs], batch)
+        for subset, files in groups.items():
+            jobs = []  # (file name, schema, mode, sampling params)
+            for k, path in enumerate(files):
+                schema = json.loads(path.read_text())["schema"]
+                text = json.dumps(schema)
+                for mode, extra in (("greedy", {"temperature": 0.0}),
+                                    ("sampled", {"temperature": 1.0, "sampling_seed": 2 * k + 1})):
+                    jobs.append((path.name, schema, mode,
+                                 {"max_new_tokens": max_new_tokens, "json_schema": text, **extra}))
+            results = _generate_all(engine, prompt_ids, [job[-1] for job in jobs], batch)
+            counts = dict.fromkeys(("requests", "refused", "length", "valid", "invalid", "unchecked"), 0)
+            for (name, schema, mode, _), result in zip(jobs, results):
+                kind, detail = _outcome(result, schema)
+                counts["requests"] += 1
+                counts[kind] += 1
+                if kind in ("invalid", "unchecked"):
+                    report["invalid"].append({"file": name, "mode": mode, "kind": kind, "detail": detail,
+                                              "text": result["text"][:300]})
+            print(f"[{backend} generate] {subset}: {counts}", flush=True)
+            report["subsets"][subset] = counts
+            report["ALL"] = {k: sum(c[k] for c in report["subsets"].values()) for k in counts}
+            report["elapsed_s"] = round(time.perf_counter() - start, 1)
+            if on_subset is not None:
+                on_subset(report)
         engine.check_no_leaks()
-    subsets, invalid = {}, []
-    for (subset, name, schema, mode, _), result in zip(jobs, results):
-        counts = subsets.setdefault(subset, dict.fromkeys(
-            ("requests", "refused", "length", "valid", "invalid", "unchecked"), 0))
-        kind, detail = _outcome(result, schema)
-        counts["requests"] += 1
-        counts[kind] += 1
-        if kind in ("invalid", "unchecked"):
-            invalid.append({"file": name, "mode": mode, "kind": kind, "detail": detail,
-                            "text": result["text"][:300]})
-    for subset, counts in subsets.items():
-        print(f"[{backend} generate] {subset}: {counts}", flush=True)
-    total = {k: sum(c[k] for c in subsets.values()) for k in next(iter(subsets.values()))} if subsets else {}
-    return {"subsets": subsets, "ALL": total, "invalid": invalid,
-            "elapsed_s": round(time.perf_counter() - start, 1)}
+    return report
 
 
 def markdown(results: dict, max_new_tokens: int) -> str:

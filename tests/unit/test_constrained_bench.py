@@ -63,8 +63,9 @@ def test_generate_outcomes():
 
 
 def test_generate_sweep_on_two_schemas(tmp_path):
-    """The real engine (tiny model, llguidance) on two maskbench schemas: every request
-    is accounted for and every output that stopped validates."""
+    """The real engine (tiny model, llguidance) on two maskbench schemas from two subsets:
+    every request is accounted for, every output that stopped validates, and the partial
+    result is handed out after each subset."""
     import pytest
 
     from runtime.bench.grammar_generate import sweep_backend
@@ -73,9 +74,12 @@ def test_generate_sweep_on_two_schemas(tmp_path):
     folder = grammar.data_dir(None)
     if folder is None:
         pytest.skip("maskbench-dev data not found (../shared/data/maskbench-dev)")
-    groups = grammar.select_files(folder, ["Github_easy"], limit=2, seed=0)
+    groups = grammar.select_files(folder, ["Github_easy", "Kubernetes"], limit=1, seed=0)
+    partials = []
     out = sweep_backend("llguidance", groups, str(demo_model_path("qwen2", "tiny", "float32")),
-                        max_new_tokens=64, compile_timeout=30.0, batch=4)
+                        max_new_tokens=64, compile_timeout=30.0, batch=4,
+                        on_subset=lambda partial: partials.append(partial["ALL"]["requests"]))
+    assert partials == [2, 4]
     total = out["ALL"]
     assert total["requests"] == 4
     assert total["refused"] + total["length"] + total["valid"] + total["invalid"] + total["unchecked"] == 4

@@ -100,17 +100,24 @@ def _load_tokenizer(model_path: str | None):
 
 
 def _measure(backend, tokenizer, schema, tests: list[dict], seed: int) -> dict:
-    from runtime.constrained import GrammarError, GrammarSpec, allocate_bitmask
+    from runtime.constrained import (
+        CompileTimeoutError,
+        GrammarError,
+        GrammarSpec,
+        InvalidSchemaError,
+        UnsupportedSchemaError,
+        allocate_bitmask,
+    )
 
     out: dict = {}
     t0 = time.perf_counter()
     try:
         compiled = backend.compile(GrammarSpec.from_json_schema(schema))
     except GrammarError as e:
-        msg = str(e)
-        out["status"] = ("unsupported" if "cannot enforce" in msg else "invalid" if "invalid JSON schema" in msg
-                         else "timeout" if "the compile was stopped" in msg else "error")
-        out["error"] = msg[:300]
+        out["status"] = ("unsupported" if isinstance(e, UnsupportedSchemaError) else
+                         "invalid" if isinstance(e, InvalidSchemaError) else
+                         "timeout" if isinstance(e, CompileTimeoutError) else "error")
+        out["error"] = str(e)[:300]
         return out
     out["status"], out["compile_ms"] = "ok", (time.perf_counter() - t0) * 1e3
     eos = backend.vocab.eos_ids[0]

@@ -19,10 +19,13 @@ from runtime.constrained.base import (
                                       KINDS,
                                       REASONING_END,
                                       CompiledGrammar,
+                                      CompileTimeoutError,
                                       GrammarBackend,
                                       GrammarError,
                                       GrammarMatcher,
                                       GrammarSpec,
+                                      InvalidSchemaError,
+                                      UnsupportedSchemaError,
 )
 from runtime.constrained.bitmask import allocate_bitmask, apply_bitmask_, bitmask_to_bool, reset_bitmask_
 from runtime.constrained.compiler import GrammarCompiler
@@ -30,6 +33,7 @@ from runtime.constrained.registry import DEFAULT_BACKEND, backend_names, get_bac
 
 __all__ = [
     "BOUNDED_WHITESPACE_MAX", "KINDS", "REASONING_END", "CompiledGrammar", "GrammarBackend", "GrammarError",
+    "CompileTimeoutError", "InvalidSchemaError", "UnsupportedSchemaError",
     "GrammarMatcher", "GrammarSpec", "allocate_bitmask", "apply_bitmask_", "bitmask_to_bool", "reset_bitmask_",
     "GrammarCompiler", "DEFAULT_BACKEND", "backend_names", "get_backend",
 ]

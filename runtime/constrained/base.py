@@ -38,6 +38,18 @@ class GrammarError(ValueError):
     """An invalid or unsupported constraint. The message is shown to users (HTTP 400)."""
 
 
+class InvalidSchemaError(GrammarError):
+    """The JSON schema is not valid against its draft's metaschema."""
+
+
+class UnsupportedSchemaError(GrammarError):
+    """A strict JSON schema uses keywords the backend cannot enforce."""
+
+
+class CompileTimeoutError(GrammarError):
+    """The backend stopped a compile that ran past its time limit (outlines does)."""
+
+
 def canonical_json(value: Any) -> str:
     """Compact JSON text. Key order is preserved on purpose: a schema's property order is
     the order the grammar emits properties in, which matters to generation quality."""

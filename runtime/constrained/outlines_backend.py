@@ -23,6 +23,7 @@ import torch
 from runtime.constrained.base import (
     BOUNDED_WHITESPACE_MAX,
     CompiledGrammar,
+    CompileTimeoutError,
     GrammarBackend,
     GrammarError,
     GrammarMatcher,
@@ -126,8 +127,8 @@ class OutlinesBackend(GrammarBackend):
         try:
             index = self._index_workers.build(regex, self.compile_timeout_s)
         except IndexTimeout:
-            raise GrammarError(f"outlines did not finish indexing the {spec.kind} grammar within "
-                               f"{self.compile_timeout_s}s; the compile was stopped") from None
+            raise CompileTimeoutError(f"outlines did not finish indexing the {spec.kind} grammar within "
+                                      f"{self.compile_timeout_s}s; the compile was stopped") from None
         except RuntimeError as e:
             raise GrammarError(f"outlines cannot compile the {spec.kind} regex: {e}") from None
         return CompiledGrammar(spec, index)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from runtime.constrained.base import GrammarError
+from runtime.constrained.base import GrammarError, InvalidSchemaError, UnsupportedSchemaError
 
 # keyword -> how its value holds subschemas
 _SUB_MAP = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
@@ -312,7 +312,7 @@ def validate_schema(schema: Any) -> None:
         except jsonschema.SchemaError as e:
             first_error = first_error or e
     path = "/".join(str(p) for p in first_error.absolute_path) or "(root)"
-    raise GrammarError(f"invalid JSON schema at {path}: {first_error.message}")
+    raise InvalidSchemaError(f"invalid JSON schema at {path}: {first_error.message}")
 
 
 def check_schema(schema: Any, backend: str, supported: Iterable[str], strict: bool) -> None:
@@ -321,7 +321,7 @@ def check_schema(schema: Any, backend: str, supported: Iterable[str], strict: bo
         return
     missing = unsupported_features(schema, supported)
     if missing:
-        raise GrammarError(
+        raise UnsupportedSchemaError(
             f"JSON schema uses features the {backend} grammar backend cannot enforce: "
             f"{', '.join(missing)} (set strict=False to ignore them, or choose another backend)")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 from runtime.config import EngineConfig
+from runtime.constrained.base import CompileTimeoutError
 from runtime.core import Req
 
 
@@ -22,6 +23,7 @@ class GrammarManager:
         # (request, Future, deadline: None while the compile is queued)
         self.pending: list[tuple[Req, object, float | None]] = []
         self.compile_times: list[float] = []  # seconds, for metrics
+        self._timed_out = f"grammar compilation timed out after {cfg.grammar_compile_timeout_s}s"
 
     @property
     def compiler(self):
@@ -63,13 +65,15 @@ class GrammarManager:
                     req.grammar = self.compiler.new_matcher(fut.result())
                     self.compile_times.append(now - req.grammar_submitted_at)
                     ready.append(req)
+                except CompileTimeoutError as e:  # the backend stopped its own compile
+                    failed.append((req, f"{self._timed_out}: {e}"))
                 except Exception as e:  # GrammarError and anything the backend raised
                     failed.append((req, f"invalid grammar: {e}"))
             elif deadline is None:  # queued until now: its time starts when its compile does
                 still.append((req, fut, now + self.cfg.grammar_compile_timeout_s if fut.running() else None))
             elif now > deadline:
                 self.compiler.abandon(fut)  # grammars queued behind it start now
-                failed.append((req, f"grammar compilation timed out after {self.cfg.grammar_compile_timeout_s}s"))
+                failed.append((req, self._timed_out))
             else:
                 still.append((req, fut, deadline))
         self.pending = still

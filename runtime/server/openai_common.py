@@ -120,7 +120,7 @@ def abort_error(meta: dict) -> APIError | None:
     message = reason.get("message") or "the request was aborted"
     if message.startswith("internal error"):
         return APIError(500, message)
-    if "shut down" in message or "stopped" in message:
+    if message.startswith("the engine"):  # "the engine was shut down", "the engine process stopped"
         return APIError(503, message)
     return APIError(400, message)
 

@@ -111,6 +111,28 @@ def test_compile_timeout_fails_the_request_and_engine_stays_healthy(path, monkey
     core.scheduler.check_no_leaks()
 
 
+def test_a_compile_the_backend_stops_fails_as_a_timeout_with_http_400(path, monkeypatch):
+    """outlines stops its own compile at the timeout (CompileTimeoutError): the request
+    gets the same timeout message as one the engine stopped waiting for, and a client
+    gets 400 for it (the schema is too costly), not 503 (the server is not overloaded)."""
+    from runtime.constrained import CompileTimeoutError
+    from runtime.server.openai_common import abort_error
+
+    core = make_core(path, grammar_compile_timeout_s=5.0)
+
+    def stopped(spec):
+        raise CompileTimeoutError("outlines did not finish indexing the regex grammar within 5.0s; "
+                                  "the compile was stopped")
+
+    monkeypatch.setattr(core.grammars.compiler.backend, "_compile", stopped)
+    res = run_core(core, random_prompts(lens=(5, 6)), [{"max_new_tokens": 4, "regex": "[a-z]+"}, {"max_new_tokens": 4}])
+    reason = res["r0"]["finish_reason"]
+    assert reason.kind.value == "abort" and reason.message.startswith("grammar compilation timed out after 5.0s")
+    assert abort_error({"finish_reason": {"type": "abort", "message": reason.message}}).status == 400
+    assert res["r1"]["finish_reason"].kind.value in ("stop", "length")
+    core.scheduler.check_no_leaks()
+
+
 def test_compile_timeout_does_not_count_time_queued_behind_other_compiles(path, monkeypatch):
     """One compile worker, three grammars of 0.6 s each, timeout 1 s: the third waits
     1.2 s before its compile starts, yet none times out."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from runtime.constrained import GrammarError, GrammarSpec, get_backend
+from runtime.constrained import CompileTimeoutError, GrammarError, GrammarSpec, InvalidSchemaError, get_backend
 from runtime.constrained.testing import accepts_text, allowed_ids, random_walk, shared_backend
 
 V = 151_936  # the demo model's padded vocab
@@ -256,7 +256,7 @@ def test_outlines_stops_a_compile_past_its_timeout(tokenizer):
     backend.compile_timeout_s = 1.0
     try:
         start = time.monotonic()
-        with pytest.raises(GrammarError, match="within 1.0s; the compile was stopped"):
+        with pytest.raises(CompileTimeoutError, match="within 1.0s; the compile was stopped"):
             backend.compile(slow)
         assert time.monotonic() - start < 10
     finally:
@@ -274,9 +274,9 @@ def test_outlines_stops_a_compile_past_its_timeout(tokenizer):
 def test_invalid_specs_raise_grammar_error(backend):
     with pytest.raises(GrammarError):
         backend.compile(GrammarSpec.from_regex("(ab"))
-    with pytest.raises(GrammarError, match="invalid JSON schema"):
+    with pytest.raises(InvalidSchemaError, match="invalid JSON schema"):
         backend.compile(GrammarSpec.from_json_schema({"type": "strin"}))
-    with pytest.raises(GrammarError, match="invalid JSON schema"):
+    with pytest.raises(InvalidSchemaError, match="invalid JSON schema"):
         backend.compile(GrammarSpec.from_json_schema({"type": "object", "required": "a"}))
 
 

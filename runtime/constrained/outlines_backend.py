@@ -49,41 +49,65 @@ _MAX_ROLLBACK = 1 << 20  # effectively unlimited: the Guide keeps one int per to
 
 _ANY_VALUE = {"anyOf": [{"type": t} for t in ("null", "boolean", "number", "string", "array", "object")]}
 
-
-def spell_out_any_values(schema: Any) -> Any:
-    """outlines-core turns an unconstrained subschema (`{}`) into an alternation it does
-    not parenthesize, so `{"properties": {"a": {}}}` would also admit a bare string at
-    the top level (found by `bench grammar --generate`). Nested `{}` become an explicit
-    anyOf of the six JSON types, which it groups correctly; the top level stays as is."""
-    def fix(node: Any) -> Any:
-        return dict(_ANY_VALUE) if is_unconstrained(node) else map_subschemas(node, fix)
-
-    return map_subschemas(schema, fix)
-
-
 # keywords that only constrain values of one type (JSON Schema ignores them for others)
 _TYPE_KEYWORDS = {
     "object": ("properties", "additionalProperties", "required", "patternProperties", "minProperties",
                "maxProperties", "propertyNames", "dependentRequired", "dependentSchemas", "dependencies"),
     "array": ("items", "prefixItems", "additionalItems", "minItems", "maxItems", "uniqueItems", "contains"),
 }
+# keywords that imply their type when a schema has no "type" (as schema_check reads them)
+_IMPLIED_TYPE = {"properties": "object", "additionalProperties": "object", "items": "array",
+                 "prefixItems": "array"}
+_APPLICATORS = ("enum", "const", "anyOf", "oneOf", "allOf", "$ref")
 
 
-def drop_other_type_keywords(schema: Any) -> Any:
-    """outlines-core reads `properties` even under `"type": "array"` and then generates an
-    object (maskbench Github_easy o45174, found by `bench grammar --generate`). Keywords of
-    a type that the node's `type` excludes constrain nothing, so they are dropped first."""
-    def fix(node: Any) -> Any:
-        node = map_subschemas(node, fix)
-        declared = node.get("type") if isinstance(node, dict) else None
+def prepare_schema(schema: Any) -> Any:
+    """A copy of `schema` that outlines-core translates correctly. Each rewrite works
+    around a translation bug that `bench grammar` found; each keeps the schema's meaning
+    or narrows it (an output of the rewritten schema is valid for the original):
+    - A nested unconstrained subschema (`{}`) becomes an explicit anyOf of the six JSON
+      types: outlines-core does not parenthesize its own any-value alternation, so
+      `{"properties": {"a": {}}}` also admitted a bare top-level string (BFCL_java_7).
+    - Keywords of a type that the node's `type` excludes constrain nothing and are
+      dropped: outlines-core read `properties` under `"type": "array"` and generated an
+      object (Github_easy o45174).
+    - A node with no `type` whose keywords imply one (`additionalProperties`, `items`)
+      gets that type: outlines-core refused such nodes (Github_medium o78136).
+    - A `pattern` loses its leading `^` and trailing `$` (outlines-core matches the
+      whole string anyway, and a lone anchor made it refuse: Github_trivial o34210) and
+      is grouped: outlines-core pastes it between quotes, so `a|b` became `"a` or `b"`.
+    """
+    def fix(node: Any, top: bool) -> Any:
+        if not top and is_unconstrained(node):
+            return dict(_ANY_VALUE)
+        node = map_subschemas(node, lambda child: fix(child, False))
+        if not isinstance(node, dict):
+            return node
+        declared = node.get("type")
+        if declared is None and not any(k in node for k in _APPLICATORS):
+            implied = {_IMPLIED_TYPE[k] for k in node if k in _IMPLIED_TYPE}
+            if len(implied) == 1:
+                declared = node["type"] = implied.pop()
         if isinstance(declared, (str, list)):
             types = {declared} if isinstance(declared, str) else set(declared)
             for kind, keywords in _TYPE_KEYWORDS.items():
                 if kind not in types:
                     node = {k: v for k, v in node.items() if k not in keywords}
+        if isinstance(node.get("pattern"), str):
+            node["pattern"] = f"(?:{strip_anchors(node['pattern'])})"
         return node
 
-    return fix(schema)
+    return fix(schema, True)
+
+
+def strip_anchors(pattern: str) -> str:
+    """`^a+$` -> `a+`: a leading `^` and an unescaped trailing `$` removed."""
+    if pattern.startswith("^"):
+        pattern = pattern[1:]
+    body = pattern[:-1]
+    if pattern.endswith("$") and (len(body) - len(body.rstrip("\\"))) % 2 == 0:  # not `\$`, a literal
+        pattern = body
+    return pattern
 
 
 class OutlinesBackend(GrammarBackend):
@@ -116,7 +140,7 @@ class OutlinesBackend(GrammarBackend):
         if spec.kind == "json_schema":
             check_schema(schema, self.name, self.supported_features, spec.strict)
         try:
-            schema = drop_other_type_keywords(spell_out_any_values(schema))
+            schema = prepare_schema(schema)
             return oc.json_schema.build_regex_from_schema(json.dumps(schema),
                                                           whitespace_pattern=self._whitespace(spec))
         except Exception as e:

@@ -72,7 +72,8 @@ def prepare_schema(schema: Any) -> Any:
       dropped: outlines-core read `properties` under `"type": "array"` and generated an
       object (Github_easy o45174).
     - A node with no `type` whose keywords imply one (`additionalProperties`, `items`)
-      gets that type: outlines-core refused such nodes (Github_medium o78136).
+      gets that type: outlines-core refused such nodes (Github_medium o78136), and
+      `additionalProperties: false` without `properties` (Github_easy o6263).
     - A `pattern` loses its leading `^` and trailing `$` (outlines-core matches the
       whole string anyway, and a lone anchor made it refuse: Github_trivial o34210) and
       is grouped: outlines-core pastes it between quotes, so `a|b` became `"a` or `b"`.
@@ -93,6 +94,8 @@ def prepare_schema(schema: Any) -> Any:
             for kind, keywords in _TYPE_KEYWORDS.items():
                 if kind not in types:
                     node = {k: v for k, v in node.items() if k not in keywords}
+        if node.get("additionalProperties") is False and "properties" not in node:
+            node["properties"] = {}  # the same meaning; alone, `false` is refused
         if isinstance(node.get("pattern"), str):
             node["pattern"] = f"(?:{strip_anchors(node['pattern'])})"
         return node

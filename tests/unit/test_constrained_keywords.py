@@ -106,7 +106,8 @@ def test_outlines_patterns_are_grouped_and_unanchored():
 def test_outlines_reads_untyped_object_and_array_nodes_by_their_keywords():
     """outlines-core refused `{"additionalProperties": {...}}` without a `type`
     (maskbench Github_medium o78136); such nodes are read as objects (arrays for
-    `items`), as the other backends read them."""
+    `items`), as the other backends read them. It also refused an object closed by
+    `additionalProperties: false` without `properties` (Github_easy o6263)."""
     tok = BYTE_TOKENIZER
     backend = shared_backend("outlines", tok, len(tok) + 5, tok.eos_token_ids)
     schema = {"type": "object", "additionalProperties": False, "required": ["m", "l"],
@@ -115,6 +116,9 @@ def test_outlines_reads_untyped_object_and_array_nodes_by_their_keywords():
     regex = backend.regex_for(GrammarSpec.from_json_schema(schema))
     assert re.fullmatch(regex, '{"m":{"a":"pong","b":"fail"},"l":[1,2]}') and re.fullmatch(regex, '{"m":{},"l":[]}')
     assert not re.fullmatch(regex, '{"m":{"a":"x"},"l":[1]}') and not re.fullmatch(regex, '{"m":{},"l":["x"]}')
+    closed = {"type": "object", "properties": {"c": {"type": "object", "additionalProperties": False}}}
+    regex = backend.regex_for(GrammarSpec.from_json_schema(closed))  # outlines-core refused the bare `false`
+    assert re.fullmatch(regex, '{"c":{}}') and not re.fullmatch(regex, '{"c":{"a":1}}')
 
 
 def test_schema_features():

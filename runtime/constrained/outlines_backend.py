@@ -29,6 +29,7 @@ from runtime.constrained.base import (
     GrammarMatcher,
     GrammarSpec,
 )
+from runtime.constrained.json_string_regex import json_string_regex
 from runtime.constrained.outlines_index import IndexTimeout, IndexWorkers
 from runtime.constrained.regex_util import ascii_classes
 from runtime.constrained.schema_check import check_schema, is_unconstrained, map_subschemas
@@ -61,6 +62,15 @@ _IMPLIED_TYPE = {"properties": "object", "additionalProperties": "object", "item
 _APPLICATORS = ("enum", "const", "anyOf", "oneOf", "allOf", "$ref")
 
 
+def _format_regex(name: str) -> str:
+    """outlines-core's regex for a string format, as a regex over the string's JSON text."""
+    quoted = oc.json_schema.build_regex_from_schema(json.dumps({"type": "string", "format": name}))
+    return json_string_regex(quoted[1:-1])  # without the quotes around it
+
+
+_FORMAT_REGEX = {name: _format_regex(name) for name in ("uri", "email")}
+
+
 def prepare_schema(schema: Any) -> Any:
     """A copy of `schema` that outlines-core translates correctly. Each rewrite works
     around a translation bug that `bench grammar` found; each keeps the schema's meaning
@@ -74,9 +84,11 @@ def prepare_schema(schema: Any) -> Any:
     - A node with no `type` whose keywords imply one (`additionalProperties`, `items`)
       gets that type: outlines-core refused such nodes (Github_medium o78136), and
       `additionalProperties: false` without `properties` (Github_easy o6263).
-    - A `pattern` loses its leading `^` and trailing `$` (outlines-core matches the
-      whole string anyway, and a lone anchor made it refuse: Github_trivial o34210) and
-      is grouped: outlines-core pastes it between quotes, so `a|b` became `"a` or `b"`.
+    - A `pattern` is translated to a regex over the string's JSON text
+      (`json_string_regex`): outlines-core pastes it between quotes as it is, so `a|b`
+      became `"a` or `b"`, `[^:]` produced raw quotes (Github_easy o58442), and a lone
+      `^` made it refuse (Github_trivial o34210). `uri` and `email`, whose regexes in
+      outlines-core have the same flaw, become patterns translated the same way.
     """
     def fix(node: Any, top: bool) -> Any:
         if not top and is_unconstrained(node):
@@ -97,20 +109,12 @@ def prepare_schema(schema: Any) -> Any:
         if node.get("additionalProperties") is False and "properties" not in node:
             node["properties"] = {}  # the same meaning; alone, `false` is refused
         if isinstance(node.get("pattern"), str):
-            node["pattern"] = f"(?:{strip_anchors(node['pattern'])})"
+            node["pattern"] = json_string_regex(node["pattern"])
+        elif node.get("format") in _FORMAT_REGEX:
+            node["pattern"] = _FORMAT_REGEX[node.pop("format")]
         return node
 
     return fix(schema, True)
-
-
-def strip_anchors(pattern: str) -> str:
-    """`^a+$` -> `a+`: a leading `^` and an unescaped trailing `$` removed."""
-    if pattern.startswith("^"):
-        pattern = pattern[1:]
-    body = pattern[:-1]
-    if pattern.endswith("$") and (len(body) - len(body.rstrip("\\"))) % 2 == 0:  # not `\$`, a literal
-        pattern = body
-    return pattern
 
 
 class OutlinesBackend(GrammarBackend):

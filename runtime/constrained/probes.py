@@ -2,8 +2,9 @@
 
 Each probe is (feature, schema, valid instance, invalid instance). A backend enforces
 the feature when the valid instance's tokens (then EOS) are accepted and the invalid
-one is refused somewhere. `probe_backend` compiles with strict=False (bypassing our
-own feature check) and reports per feature:
+one is refused somewhere. A tuple of invalid instances (a JSON instance is never a
+tuple) checks several ways to break the schema: each must be refused. `probe_backend`
+compiles with strict=False (bypassing our own feature check) and reports per feature:
     "enforced"  valid accepted, invalid rejected
     "ignored"   both accepted: the backend silently drops the keyword
     "broken"    the valid instance is rejected
@@ -57,6 +58,9 @@ PROBES: list[tuple[str, Any, Any, Any]] = [
     ("multipleOf:number", {**NUM, "multipleOf": 0.5}, 1.5, 1.2),
     ("multipleOf+range", {**INT, "multipleOf": 5, "minimum": 0, "maximum": 10**6}, 10, 11),
     ("pattern+length", {**STR, "pattern": "^[a-z]+$", "maxLength": 3}, "abc", "A1"),  # length ok, pattern not
+    # each invalid instance breaks one of the two keywords only
+    ("format+pattern", {**STR, "format": "date", "pattern": "^2"}, "2024-02-29", ("2abc", "1999-01-01")),
+    ("format+length", {**STR, "format": "email", "maxLength": 7}, "a@b.com", ("abcdef", "ab@c.com")),
     ("pattern:lookaround", {**STR, "pattern": "^(?=.*[0-9])[a-z0-9]{2,4}$"}, "ab1", "abc"),
     ("patternProperties", {**OBJ, "patternProperties": {"^x[a-z]*$": INT}, "additionalProperties": False},
      {"xa": 1}, {"ya": 1}),
@@ -116,7 +120,8 @@ def probe_feature(backend, schema: Any, valid: Any, invalid: Any) -> str:
     dump = lambda x: json.dumps(x, separators=(",", ":"), ensure_ascii=False)  # noqa: E731
     if not _accepts(backend, compiled, dump(valid)):
         return "broken"
-    return "ignored" if _accepts(backend, compiled, dump(invalid)) else "enforced"
+    invalids = invalid if isinstance(invalid, tuple) else (invalid,)
+    return "ignored" if any(_accepts(backend, compiled, dump(i)) for i in invalids) else "enforced"
 
 
 def probe_backend(backend, features: list[str] | None = None) -> dict[str, str]:

@@ -10,6 +10,8 @@ refined features where support differs by value:
     "oneOf:overlapping"   a oneOf whose branches are not provably disjoint (compiled as
                       anyOf, a backend would accept instances matching two branches)
     "pattern+length"  pattern together with minLength/maxLength on one string
+    "format+pattern" / "format+length"  format together with a pattern / a length
+                      (outlines-core keeps only one of them)
     "pattern:lookaround"  a pattern (or patternProperties key) with (?= (?! (?<= (?<!
     "multipleOf:number" / "multipleOf+range"  multipleOf on non-integers / with bounds
     "anyOf+siblings" / "oneOf+siblings" / "$ref+siblings"  the applicator next to other
@@ -131,6 +133,10 @@ def _walk(node: Any, out: set[str], root: Any, seen: set[int] | None = None) -> 
             out.add("oneOf" if _pairwise_disjoint(value, root) else "oneOf:overlapping")
         elif key == "format":
             out.add(f"format:{value}")
+            if "pattern" in node:
+                out.add("format+pattern")
+            if "minLength" in node or "maxLength" in node:
+                out.add("format+length")
         elif key == "pattern":
             out.add("pattern")
             if "minLength" in node or "maxLength" in node:

@@ -10,7 +10,6 @@ import re
 import pytest
 
 from runtime.constrained import GrammarSpec, UnsupportedSchemaError
-from runtime.constrained.outlines_backend import strip_anchors
 from runtime.constrained.probes import PROBES, probe_backend
 from runtime.constrained.schema_check import close_objects, schema_features
 from runtime.constrained.testing import ByteTokenizer, shared_backend
@@ -86,21 +85,22 @@ def test_outlines_ignores_object_keywords_under_another_type():
     assert not re.fullmatch(regex, '{"n":{"a":"x"}}') and not re.fullmatch(regex, '{"n":["x"]}')
 
 
-def test_outlines_patterns_are_grouped_and_unanchored():
-    """outlines-core pastes a pattern between quotes without a group (`a|b` became `"a`
-    or `b"`: invalid JSON) and refuses a lone anchor (maskbench Github_trivial o34210)."""
+def test_outlines_patterns_match_json_text():
+    """outlines-core pastes a pattern between quotes as it is: `a|b` became `"a` or `b"`,
+    `[^:]` produced raw quotes (maskbench Github_easy o58442), `\\d` Unicode digits
+    (Github_trivial o77414), and a lone `^` was refused (Github_trivial o34210)."""
     tok = BYTE_TOKENIZER
     backend = shared_backend("outlines", tok, len(tok) + 5, tok.eos_token_ids)
     schema = {"type": "object", "additionalProperties": False, "required": ["x", "y", "z"],
               "properties": {"x": {"type": "string", "pattern": "ab|cd"},
-                             "y": {"type": "string", "pattern": "^[0-9]+#"},
+                             "y": {"type": "string", "pattern": "^\\d+#"},
                              "z": {"type": "string", "pattern": "^a\\$$"}}}  # `\$`: a literal dollar
     regex = backend.regex_for(GrammarSpec.from_json_schema(schema))
-    assert re.fullmatch(regex, '{"x":"ab","y":"12#","z":"a$"}') and re.fullmatch(regex, '{"x":"cd","y":"1#","z":"a$"}')
+    for good in ('{"x":"ab","y":"12#","z":"a$"}', '{"x":"cd","y":"1#?","z":"a$"}', '{"x":"q\\"cd","y":"1#","z":"a$"}'):
+        assert re.fullmatch(regex, good), good
     for bad in ('{"x":"ab,"y":"1#","z":"a$"}', '{"x":cd","y":"1#","z":"a$"}', '{"x":"ab","y":"#","z":"a$"}',
-                '{"x":"ab","y":"1#","z":"a"}'):
+                '{"x":"ab","y":"1#","z":"a"}', '{"x":"q"cd","y":"1#","z":"a$"}', '{"x":"ab","y":"\u0663#","z":"a$"}'):
         assert not re.fullmatch(regex, bad), bad
-    assert strip_anchors("^a+$") == "a+" and strip_anchors("a\\$") == "a\\$" and strip_anchors("a\\\\$") == "a\\\\"
 
 
 def test_outlines_reads_untyped_object_and_array_nodes_by_their_keywords():

@@ -39,7 +39,9 @@ from runtime.constrained.schema_check import check_schema, is_unconstrained, map
 # multipleOf (silently ignored), overlapping oneOf (rejects valid instances), allOf, uniqueItems,
 # patternProperties, not, if/then/else, min/maxProperties; a pattern next to min/maxLength
 # (the lengths win, the pattern is dropped) and time/date-time (the offset is optional and
-# only "Z"), both found by the full maskbench instance run.
+# only "Z"), both found by the full maskbench instance run; a format next to a pattern or
+# a length (the format is dropped). Patterns, uri and email are enforced through
+# `prepare_schema`'s translation, not outlines-core's own.
 SUPPORTED_FEATURES = frozenset({
     "type", "enum", "const", "properties", "required", "additionalProperties", "items", "prefixItems",
     "minItems", "maxItems", "anyOf", "oneOf", "$ref", "pattern", "minLength", "maxLength",

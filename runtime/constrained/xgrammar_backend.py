@@ -38,7 +38,8 @@ from runtime.constrained.schema_check import check_schema, has_lookaround
 # tests/unit/test_constrained_keywords.py. Silently ignored by xgrammar, hence
 # GrammarErrors when strict: allOf, overlapping oneOf, not, if/then/else, uniqueItems,
 # contains, dependentRequired, formats it does not know, multipleOf on numbers or next
-# to a range, lookaround in patterns. min/maxLength are refused too: xgrammar 0.2's
+# to a range, lookaround in patterns, a format next to a pattern (one of them is dropped).
+# min/maxLength are refused too: xgrammar 0.2's
 # length-bounded string rule admits raw control characters (a tab inside the quotes is
 # not JSON), found by `radixflow bench grammar --generate`.
 SUPPORTED_FEATURES = frozenset({

@@ -108,6 +108,9 @@ def prepare_schema(schema: Any) -> Any:
             for kind, keywords in _TYPE_KEYWORDS.items():
                 if kind not in types:
                     node = {k: v for k, v in node.items() if k not in keywords}
+        if any(json.dumps(name, ensure_ascii=False)[1:-1] != name for name in node.get("properties") or ()):
+            raise GrammarError("outlines writes property names unescaped: a name with a quote, a backslash "
+                               "or a control character would not be JSON")
         if node.get("additionalProperties") is False and "properties" not in node:
             node["properties"] = {}  # the same meaning; alone, `false` is refused
         if isinstance(node.get("pattern"), str):

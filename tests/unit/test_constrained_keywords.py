@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from runtime.constrained import GrammarSpec, UnsupportedSchemaError
+from runtime.constrained import GrammarError, GrammarSpec, UnsupportedSchemaError
 from runtime.constrained.probes import PROBES, probe_backend
 from runtime.constrained.schema_check import close_objects, schema_features
 from runtime.constrained.testing import ByteTokenizer, shared_backend
@@ -101,6 +101,16 @@ def test_outlines_patterns_match_json_text():
     for bad in ('{"x":"ab,"y":"1#","z":"a$"}', '{"x":cd","y":"1#","z":"a$"}', '{"x":"ab","y":"#","z":"a$"}',
                 '{"x":"ab","y":"1#","z":"a"}', '{"x":"q"cd","y":"1#","z":"a$"}', '{"x":"ab","y":"\u0663#","z":"a$"}'):
         assert not re.fullmatch(regex, bad), bad
+
+
+def test_outlines_refuses_property_names_json_must_escape():
+    tok = BYTE_TOKENIZER
+    backend = shared_backend("outlines", tok, len(tok) + 5, tok.eos_token_ids)
+    for name in ('k"q', "k\\q", "k\nq"):
+        schema = {"type": "object", "properties": {name: {"type": "integer"}}, "required": [name]}
+        with pytest.raises(GrammarError, match="property names unescaped"):
+            backend.regex_for(GrammarSpec.from_json_schema(schema))
+    assert backend.regex_for(GrammarSpec.from_json_schema({"type": "object", "properties": {"a.b(c)$": {}}}))
 
 
 def test_outlines_reads_untyped_object_and_array_nodes_by_their_keywords():

@@ -4,7 +4,7 @@ outlines-core pastes a schema's `pattern` between two quotes as it is, so its cl
 can produce characters JSON must escape: `[^:\\s]+` could emit a raw `"`, end the string
 early and smuggle in more JSON (maskbench Github_easy o58442), or a raw control
 character, which is not JSON at all. `json_string_regex(pattern)` matches the JSON
-encodings (as `json.dumps` writes them) of strings the pattern fully matches:
+encodings (as `json.dumps` writes them) of strings the pattern matches:
   * a character JSON must escape is matched as its escape: `"` -> `\\"`, `\\` -> `\\\\`,
     newline -> `\\n`, U+0001 -> `\\u0001`;
   * every class (`[...]`, `.`, `\\d \\w \\s` and their negations, ASCII as in ECMA 262)
@@ -51,7 +51,7 @@ _CLASS_META = set("\\[]^-&~|")
 
 
 def json_string_regex(pattern: str) -> str:
-    """Regex (Rust syntax) for the JSON text of the strings that fully match `pattern`."""
+    """Regex (Rust syntax) for the JSON text of the strings `pattern` finds a match in."""
     try:
         parsed = sre_parse.parse(pattern)
     except re.error as e:

@@ -70,7 +70,7 @@ def sweep_backend(backend: str, groups: dict[str, list[Path]], model_path: str, 
                   compile_timeout: float, batch: int = 64, on_subset=None) -> dict:
     """-> {"subsets": {subset: counts}, "ALL": counts, "invalid": [examples], "elapsed_s"}.
     Subsets run one after another on one engine; `on_subset(partial result)` is called after
-    each, so a long sweep (outlines: ~1.5 h) can write what it has finished."""
+    each, so a long sweep (outlines: ~45 min) can write what it has finished."""
     from runtime.engine.api import Engine
 
     start = time.perf_counter()

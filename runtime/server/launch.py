@@ -25,7 +25,8 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     from runtime.server.tool_parsers import PARSERS
 
     p.add_argument("--served-model-name", default=None,
-                   help="model name clients send (default: --model-path, or 'radixflow-demo')")
+                   help="model name clients send (default: --model-path, or SmolLM2-135M-Instruct for the "
+                        "default model, radixflow-demo for the random demo)")
     p.add_argument("--chat-template", default=None, metavar="FILE",
                    help="Jinja chat template (or a JSON file with a 'chat_template' key) overriding the model's")
     p.add_argument("--tool-call-parser", default="auto", choices=["auto", *sorted(PARSERS)],
@@ -86,11 +87,7 @@ def serve(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, _raise_stop)
     engine = None
     try:
-        options = engine_options(args)
-        if not options.get("model_path"):
-            logger.info("no --model-path given: serving the built-in demo model (random weights, real Qwen2.5 "
-                        "tokenizer); its text is gibberish")
-        engine = _start_engine(options)
+        engine = _start_engine(engine_options(args))
         app = create_app(engine, settings)
         state = app.state.server
         logger.info("model %s (served as %r) from %s; context %d tokens, KV pool %d tokens",

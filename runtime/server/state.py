@@ -15,7 +15,6 @@ from runtime.server.metrics import ServerMetrics
 
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 RETRY_AFTER_S = 1
-DEMO_MODEL_NAME = "radixflow-demo"  # the served name of the built-in demo model
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,7 @@ class ServerState:
         self.tokenizer = engine.tokenizer
         self.info: dict = engine.info
         self.model_path: str = engine.model_path
-        self.served_model_name = settings.served_model_name or _default_name(engine)
+        self.served_model_name = settings.served_model_name or engine.served_model_name
         self.chat_template = ChatTemplate.for_model(self.model_path, self.tokenizer, settings.chat_template)
         source = self.chat_template.source if self.chat_template else None
         self.tool_parser = get_parser(settings.tool_call_parser, source)
@@ -125,9 +124,3 @@ class Lease:
         if self.num:
             self.state.release(self.num)
             self.num = 0
-
-
-def _default_name(engine) -> str:
-    if engine.config.model_path:
-        return str(engine.config.model_path)
-    return DEMO_MODEL_NAME

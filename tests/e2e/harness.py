@@ -110,11 +110,20 @@ class ServerProc:
             time.sleep(0.2)
 
 
-def start_server(*extra: str, api_key: str | None = None) -> ServerProc:
+def demo_model_args() -> list[str]:
+    """The random-weight demo model (the default model is SmolLM2 when installed)."""
+    from runtime.demo.checkpoint import demo_model_path
+
+    return ["--model-path", str(demo_model_path()), "--served-model-name", MODEL]
+
+
+def start_server(*extra: str, api_key: str | None = None, model_args: list[str] | None = None) -> ServerProc:
+    """`radixflow serve` on `model_args` (default: the demo model) with `extra` flags."""
+    model_args = demo_model_args() if model_args is None else model_args
     port = free_port()
     log_path = Path(tempfile.mkstemp(prefix=f"radixflow-serve-{port}-", suffix=".log")[1])
     cmd = [sys.executable, "-m", "runtime.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--max-total-tokens", "24576", "--context-length", "2048", *extra]
+           "--max-total-tokens", "24576", "--context-length", "2048", *model_args, *extra]
     if api_key:
         cmd += ["--api-key", api_key]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 class ScriptedEngine:
     def __init__(self, tokenizer, model_path: str) -> None:
         self.tokenizer, self.model_path = tokenizer, model_path
+        self.served_model_name = "radixflow-demo"
         self.config = SimpleNamespace(model_path=None, max_running_requests=8, max_queued_requests=8)
         self.info = {"architecture": "Scripted", "vocab_size": 151936, "context_length": 4096,
                      "max_total_tokens": 8192}

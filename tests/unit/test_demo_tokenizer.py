@@ -12,6 +12,7 @@ import torch
 
 from runtime.demo import checkpoint
 from runtime.demo.tokenizer import ADDED_TOKENS, DEFAULT_SYSTEM_PROMPT, VOCAB_LEN, write_qwen_tokenizer
+from runtime.disk_cache import build_cached
 
 SAMPLE_TEXTS = [
     "Hello world",
@@ -279,7 +280,7 @@ def _slow_build(args):
         (tmp / "payload.txt").write_text("ok")
         time.sleep(0.3)
 
-    return str(checkpoint._build_cached(name, build))
+    return str(build_cached("demo-models", name, build))
 
 
 def test_build_cached_is_process_safe(tmp_path):

@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass
 
 from runtime.server.json_scan import PartialCall, scan_call
+from runtime.server.prompt_tools import template_renders_tools
 
 
 def new_call_id() -> str:
@@ -157,6 +158,18 @@ class MistralParser(ToolParser):
         return f'[TOOL_CALLS] [{{"name": "{name}", "arguments": ', "}]"
 
 
+class PromptToolsParser(ToolParser):
+    """`<tool_call>[{"name": ..., "arguments": {...}}, ...]</tool_call>`, one or more blocks:
+    the format `prompt_tools` asks for when the chat template cannot show tools."""
+
+    name = "prompt"
+    markers = ("<tool_call>",)
+    separators = re.compile(r"(?:\s|<tool_call>|</tool_call>|\[|\]|,)*")
+
+    def structure(self, name: str) -> tuple[str, str]:
+        return f'<tool_call>[{{"name": "{name}", "arguments": ', "}]</tool_call>"
+
+
 class JsonArrayParser(ToolParser):
     """The forced format of `tool_choice="required"`: a JSON array of call objects."""
 
@@ -198,14 +211,16 @@ class NamedFunctionParser(ToolParser):
 
 PARSERS: dict[str, type[ToolParser]] = {
     "qwen": QwenParser, "qwen25": QwenParser, "hermes": QwenParser,
-    "llama3": Llama3Parser, "mistral": MistralParser,
+    "llama3": Llama3Parser, "mistral": MistralParser, "prompt": PromptToolsParser,
 }
 
 
 def get_parser(name: str, template_source: str | None = None) -> ToolParser:
     if name == "auto":
         source = template_source or ""
-        if "[TOOL_CALLS]" in source:
+        if not template_renders_tools(source):
+            name = "prompt"  # the server puts the tools into the system message (prompt_tools)
+        elif "[TOOL_CALLS]" in source:
             name = "mistral"
         elif "<|python_tag|>" in source or "ipython" in source:
             name = "llama3"

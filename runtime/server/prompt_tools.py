@@ -6,7 +6,8 @@ format (the one SmolLM2-Instruct was trained on) before the template sees it:
     message, after its own text, with instructions to answer with
         <tool_call>[{"name": "...", "arguments": {...}}, ...]</tool_call>
   * an assistant message's `tool_calls` become that text in its content;
-  * a `tool` message becomes a user turn `<tool_response>\\n{content}\\n</tool_response>`.
+  * a `tool` message stays a `tool` turn with its content as it is (SmolLM2 answers from
+    it; wrapped in `<tool_response>` tags, or as a user turn, it echoes the result instead).
 `tool_parsers.PromptToolsParser` reads the calls back; with `tool_choice="auto"` a structural tag holds
 each call's arguments to its tool's schema once the model opens `<tool_call>`.
 """
@@ -47,7 +48,7 @@ def messages_with_tools_in_prompt(messages: list[dict], tools: list[dict] | None
     out = []
     for msg in messages:
         if msg["role"] == "tool":
-            out.append({"role": "user", "content": f"<tool_response>\n{msg.get('content') or ''}\n</tool_response>"})
+            out.append({"role": "tool", "content": msg.get("content") or ""})
         elif msg["role"] == "assistant" and msg.get("tool_calls"):
             text = "\n".join(t for t in (msg.get("content"), format_calls(msg["tool_calls"])) if t)
             out.append({"role": "assistant", "content": text})

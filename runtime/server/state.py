@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from runtime.server.chat_template import ChatTemplate
 from runtime.server.errors import APIError
 from runtime.server.metrics import ServerMetrics
-from runtime.server.prompt_tools import messages_with_tools_in_prompt, template_renders_tools
+from runtime.server.prompt_tools import messages_with_tools_in_prompt
 
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 RETRY_AFTER_S = 1
@@ -40,8 +40,8 @@ class ServerState:
         self.served_model_name = settings.served_model_name or engine.served_model_name
         self.chat_template = ChatTemplate.for_model(self.model_path, self.tokenizer, settings.chat_template)
         source = self.chat_template.source if self.chat_template else None
-        self.tools_in_prompt = not template_renders_tools(source)  # prompt_tools renders them instead
         self.tool_parser = get_parser(settings.tool_call_parser, source)
+        self.tools_in_prompt = self.tool_parser.tools_in_prompt
         self.metrics = ServerMetrics(self.served_model_name)
         cfg = engine.config
         self.max_in_flight = cfg.max_running_requests + cfg.max_queued_requests

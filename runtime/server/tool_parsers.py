@@ -52,6 +52,7 @@ class ToolParser:
     json_at_start = False
     separators = re.compile(r"\s*")
     accept_truncated = False  # keep the complete calls of a cut-off output (forced formats)
+    tools_in_prompt = False  # the server, not the chat template, shows the tools (prompt_tools)
 
     def find_start(self, text: str) -> int | None:
         found = [i for i in (text.find(m) for m in self.markers) if i != -1]
@@ -163,6 +164,7 @@ class PromptToolsParser(ToolParser):
     the format `prompt_tools` asks for when the chat template cannot show tools."""
 
     name = "prompt"
+    tools_in_prompt = True
     markers = ("<tool_call>",)
     separators = re.compile(r"(?:\s|<tool_call>|</tool_call>|\[|\]|,)*")
 
@@ -218,14 +220,14 @@ PARSERS: dict[str, type[ToolParser]] = {
 def get_parser(name: str, template_source: str | None = None) -> ToolParser:
     if name == "auto":
         source = template_source or ""
-        if not template_renders_tools(source):
-            name = "prompt"  # the server puts the tools into the system message (prompt_tools)
-        elif "[TOOL_CALLS]" in source:
+        if "[TOOL_CALLS]" in source:
             name = "mistral"
         elif "<|python_tag|>" in source or "ipython" in source:
             name = "llama3"
-        else:
+        elif template_renders_tools(source):
             name = "qwen"
+        else:
+            name = "prompt"  # the template cannot show tools: the server puts them in the system message
     if name not in PARSERS:
         raise ValueError(f"unknown tool-call parser {name!r}; known: {sorted(PARSERS)} or auto")
     return PARSERS[name]()

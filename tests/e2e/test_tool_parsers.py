@@ -112,7 +112,8 @@ def test_structural_tags_match_each_format():
 
 
 def test_parser_auto_detection():
-    assert get_parser("auto", "{{ '<tool_call>' }}").name == "qwen"
+    assert get_parser("auto", "{% if tools %}{{ '<tool_call>' }}{% endif %}").name == "qwen"
+    assert get_parser("auto", "{{ messages[0]['content'] }}").name == "prompt"  # no tool section (SmolLM2)
     assert get_parser("auto", "[TOOL_CALLS]").name == "mistral"
     assert get_parser("auto", "<|python_tag|>").name == "llama3"
     with pytest.raises(ValueError):
@@ -128,3 +129,41 @@ def test_chat_template_sandbox_and_errors(tmp_path):
         ChatTemplate("{{ messages.__class__.__mro__ }}").render([])
     with pytest.raises(TemplateError):
         ChatTemplate("{% set x = messages.append(1) %}").render([])
+
+
+PROMPT_FORMAT = ('<tool_call>[\n{"name": "get_weather", "arguments": {"city": "Paris"}},\n'
+                 '{"name": "get_time", "arguments": {"tz": "CET"}}\n]</tool_call>')
+
+
+def test_prompt_format_parse_and_stream_agree():
+    parser = get_parser("prompt")
+    assert parser.tools_in_prompt
+    content, calls = parser.parse("Let me check.\n" + PROMPT_FORMAT)
+    assert content == "Let me check."
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", {"city": "Paris"}),
+                                                                  ("get_time", {"tz": "CET"})]
+    for step in (1, 4):
+        _, streamed = stream_all(parser, PROMPT_FORMAT, step=step)
+        assert [(s["name"], s["args"]) for s in streamed.values()] == [(c.name, c.arguments) for c in calls]
+    [s] = parser.structural_tag([{"type": "function", "function": {"name": "f"}}])["structures"]
+    assert [c.name for c in parser.parse(s["begin"] + "{}" + s["end"])[1]] == ["f"]
+    assert parser.parse("<tool_call>[]</tool_call>")[1] == []
+
+
+def test_messages_with_tools_in_prompt_round_trips_through_the_parser():
+    from runtime.server.prompt_tools import messages_with_tools_in_prompt
+
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "c1", "content": "22C"}]
+    out = messages_with_tools_in_prompt(messages, [tool])
+    assert out[0]["content"].startswith("Be brief.\n\n") and '<tools>[{"name": "get_weather"' in out[0]["content"]
+    assert out[2] == {"role": "assistant",
+                      "content": '<tool_call>[\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n]</tool_call>'}
+    assert out[3] == {"role": "tool", "content": "22C"}
+    _, [parsed] = get_parser("prompt").parse(out[2]["content"])  # what we show is what we parse
+    assert (parsed.name, json.loads(parsed.arguments)) == ("get_weather", {"city": "Paris"})
+    assert messages_with_tools_in_prompt(messages[1:2], [tool])[0]["role"] == "system"  # added when absent
+    assert messages_with_tools_in_prompt(messages[1:2], None) == messages[1:2]

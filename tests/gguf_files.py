@@ -105,3 +105,14 @@ def _add_tokenizer(writer, ckpt: Path, vocab_size: int) -> None:
     writer.add_pad_token_id(vocab[tok_cfg["pad_token"]])
     writer.add_add_bos_token(False)
     writer.add_chat_template(tok_cfg["chat_template"])
+
+
+def write_bare_gguf(out_file: Path, arch: str) -> Path:
+    """A GGUF of architecture `arch` holding one small F32 tensor and no other metadata."""
+    writer = gguf.GGUFWriter(str(out_file), arch)
+    writer.add_tensor("output.weight", np.zeros((4, 32), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out_file

@@ -42,7 +42,12 @@ def default_model_file() -> Path | None:
 def resolve_model(model_path: str | None) -> ResolvedModel:
     if model_path:
         gguf_file = find_gguf_file(model_path)
-        return ResolvedModel(str(convert_gguf(gguf_file)) if gguf_file else str(model_path), str(model_path))
+        if gguf_file is not None:
+            return ResolvedModel(str(convert_gguf(gguf_file)), str(model_path))
+        if not (Path(model_path) / "config.json").is_file():
+            raise ValueError(f"model path {model_path!r} is neither a Hugging Face checkpoint directory "
+                             f"(with config.json) nor a .gguf file (or a directory holding one)")
+        return ResolvedModel(str(model_path), str(model_path))
     gguf_file = default_model_file()
     if gguf_file is not None:
         logger.info("no model path given: serving %s from %s", DEFAULT_MODEL_NAME, gguf_file)

@@ -87,7 +87,10 @@ def serve(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, _raise_stop)
     engine = None
     try:
-        engine = _start_engine(engine_options(args))
+        try:
+            engine = _start_engine(engine_options(args))
+        except (ValueError, OSError, RuntimeError) as e:
+            raise SystemExit(f"radixflow serve: cannot start the engine: {e}") from None
         app = create_app(engine, settings)
         state = app.state.server
         logger.info("model %s (served as %r) from %s; context %d tokens, KV pool %d tokens",

@@ -24,3 +24,20 @@ def test_grammar_flags_reach_the_engine_config():
     assert (cfg.grammar_backend, cfg.grammar_compile_timeout_s, cfg.enable_jump_forward) == ("outlines", 5.0, True)
     defaults = EngineConfig(**engine_options(parser.parse_args([])))
     assert (defaults.grammar_backend, defaults.enable_jump_forward) == ("auto", False)
+
+
+def test_serve_refuses_unloadable_models_with_one_line(tmp_path):
+    """A model that cannot load ends `radixflow serve` with exit 1 and a message naming
+    what is wrong (an unsupported GGUF architecture; a path that is no checkpoint)."""
+    import subprocess
+    import sys
+
+    from tests.gguf_files import write_bare_gguf
+
+    for path, message in [(write_bare_gguf(tmp_path / "phi.gguf", "phi3"), "GGUF architecture 'phi3' is not supported"),
+                          (tmp_path / "missing", "is neither a Hugging Face checkpoint directory")]:
+        proc = subprocess.run([sys.executable, "-m", "runtime.cli", "serve", "--model-path", str(path),
+                               "--port", "0"], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1
+        assert proc.stderr.strip().splitlines()[-1].startswith("radixflow serve: cannot start the engine: ")
+        assert message in proc.stderr

@@ -17,7 +17,7 @@ from runtime.demo.checkpoint import demo_model_path
 from runtime.models import gguf_loader
 from runtime.models.gguf_loader import convert_gguf, dequantize, find_gguf_file, hf_tensor_name, unpermute_qk
 from runtime.models.resolve import DEFAULT_MODEL_NAME, default_model_file, resolve_model
-from tests.gguf_files import llama_cpp_permute, write_gguf_from_checkpoint
+from tests.gguf_files import llama_cpp_permute, write_bare_gguf, write_gguf_from_checkpoint
 
 T = gguf.GGMLQuantizationType
 # byte offsets of the fp16 scales in each K-quant block (ggml's block_q*_K layouts)
@@ -105,14 +105,8 @@ def test_tensor_names():
 
 
 def test_unsupported_architecture_is_named(tmp_path):
-    writer = gguf.GGUFWriter(str(tmp_path / "phi.gguf"), "phi3")
-    writer.add_tensor("output.weight", np.zeros((4, 32), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
     with pytest.raises(ValueError, match="GGUF architecture 'phi3' is not supported; supported: .*'llama'"):
-        gguf_loader.write_hf_checkpoint(tmp_path / "phi.gguf", tmp_path / "out")
+        gguf_loader.write_hf_checkpoint(write_bare_gguf(tmp_path / "phi.gguf", "phi3"), tmp_path / "out")
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])

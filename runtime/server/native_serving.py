@@ -136,7 +136,8 @@ def model_info(state: ServerState) -> dict:
     return {"model_path": state.model_path, "tokenizer_path": state.model_path, "is_generation": True,
             "served_model_name": state.served_model_name, "architectures": [state.info.get("architecture")],
             "context_length": state.context_length, "preferred_sampling_params": None,
-            "weight_version": "default", "has_image_understanding": False, "has_audio_understanding": False}
+            "weight_version": "default", "has_image_understanding": False, "has_audio_understanding": False,
+            "chat_roles": state.chat_roles.to_dict() if state.chat_roles else None}
 
 
 async def server_info(state: ServerState) -> dict:

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from runtime.chat_roles import ChatRoles, read_chat_roles
 from runtime.server.chat_template import ChatTemplate
 from runtime.server.errors import APIError
 from runtime.server.metrics import ServerMetrics
@@ -42,6 +43,7 @@ class ServerState:
         source = self.chat_template.source if self.chat_template else None
         self.tool_parser = get_parser(settings.tool_call_parser, source)
         self.tools_in_prompt = self.tool_parser.tools_in_prompt
+        self.chat_roles = _read_roles(self.chat_template)  # for frontend programs (runtime.lang)
         self.metrics = ServerMetrics(self.served_model_name)
         cfg = engine.config
         self.max_in_flight = cfg.max_running_requests + cfg.max_queued_requests
@@ -129,3 +131,12 @@ class Lease:
         if self.num:
             self.state.release(self.num)
             self.num = 0
+
+
+def _read_roles(template: ChatTemplate | None) -> ChatRoles | None:
+    if template is None:
+        return None
+    try:
+        return read_chat_roles(lambda messages, gen: template.render(messages, add_generation_prompt=gen))
+    except ValueError:  # TemplateError included: e.g. a template that refuses a system message
+        return None

@@ -1,0 +1,65 @@
+"""The protocol between frontend programs and a runtime.
+
+A backend completes text (`generate`, `generate_stream`), scores choices for `select`
+(`score_choices`: one batched request over the shared prefix, prompt logprobs of each
+choice's tokens) and says how the model's chat template marks roles (`chat_roles`).
+Results carry SGLang's meta_info dicts (prompt/completion/cached tokens, finish reason,
+logprobs when asked)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+
+from runtime.chat_roles import ChatRoles
+from runtime.lang.choices import ChoiceScore
+
+SCORE_PARAMS = {"max_new_tokens": 0, "temperature": 0.0}  # scoring reads prompt logprobs only
+
+
+class Backend(ABC):
+    @abstractmethod
+    def chat_roles(self) -> ChatRoles: ...
+
+    @abstractmethod
+    def generate(self, prompt: str, sampling_params: dict, options: dict) -> list[tuple[str, dict]]:
+        """One (text, meta_info) per sample (`sampling_params["n"]`, default 1)."""
+
+    @abstractmethod
+    def generate_stream(self, prompt: str, sampling_params: dict, options: dict) -> Iterator[tuple[str, dict]]:
+        """(new text, meta_info so far) chunks of one sample."""
+
+    @abstractmethod
+    def score_choices(self, prefix: str, choices: list[str], unconditional: bool) -> list[ChoiceScore]: ...
+
+    def shutdown(self) -> None:
+        pass
+
+
+def choice_spans(prefix_ids: list[int], full_ids: list[list[int]]) -> list[int]:
+    """Where each choice's tokens start in `prefix + choice`'s tokens: after the tokens it
+    shares with the prefix alone (a choice may merge with the prefix's last token; then
+    that token counts as the choice's). At least 1 (position 0 has no logprob) and at most
+    len - 1 (a choice has at least one token)."""
+    starts = []
+    for ids in full_ids:
+        k = 0
+        while k < min(len(prefix_ids), len(ids)) and prefix_ids[k] == ids[k]:
+            k += 1
+        starts.append(max(1, min(k, len(ids) - 1)))
+    return starts
+
+
+def scores_from_logprobs(starts: list[int], logprob_start: int, input_logprobs: list[list],
+                         unconditional_logprobs: list[list] | None) -> list[ChoiceScore]:
+    """`input_logprobs[i]`: SGLang triples (logprob, id, text) from position `logprob_start`."""
+    scores = []
+    for i, start in enumerate(starts):
+        own = [lp for lp, *_ in input_logprobs[i][start - logprob_start:]]
+        uncond = None
+        if unconditional_logprobs is not None:
+            uncond = [0.0 if lp is None else lp for lp, *_ in unconditional_logprobs[i]]
+            uncond = uncond[len(uncond) - len(own):] if len(uncond) >= len(own) else [0.0] * len(own)
+        scores.append(ChoiceScore(own, uncond))
+    return scores
+

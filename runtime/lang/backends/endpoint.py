@@ -1,0 +1,89 @@
+"""`RuntimeEndpoint`: a running server's SGLang-native API (`/generate`, `/tokenize`,
+`/get_model_info`), ours or SGLang's. A server error raises `RuntimeError` with the
+server's own message."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+
+from runtime.chat_roles import ChatRoles
+from runtime.lang.backends.base import SCORE_PARAMS, Backend, choice_spans, scores_from_logprobs
+from runtime.lang.choices import ChoiceScore
+
+
+class RuntimeEndpoint(Backend):
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 600.0) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.base_url = base_url.rstrip("/")
+        self.client = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        self.model_info = self._post_or_get("GET", "/get_model_info")
+        self._roles: ChatRoles | None = None
+
+    def shutdown(self) -> None:
+        self.client.close()
+
+    def _post_or_get(self, method: str, path: str, body: dict | None = None):
+        r = self.client.request(method, path, json=body)
+        if r.status_code >= 400:
+            raise RuntimeError(f"{self.base_url}{path} answered {r.status_code}: {_error_message(r)}")
+        return r.json()
+
+    def chat_roles(self) -> ChatRoles:
+        if self._roles is None:
+            roles = self.model_info.get("chat_roles")
+            if roles is None:
+                raise RuntimeError(f"{self.base_url} does not publish its chat roles (/get_model_info has no "
+                                   f"'chat_roles'); role blocks need a radixflow server")
+            self._roles = ChatRoles.from_dict(roles)
+        return self._roles
+
+    def generate(self, prompt: str, sampling_params: dict, options: dict) -> list[tuple[str, dict]]:
+        out = self._post_or_get("POST", "/generate", {"text": prompt, "sampling_params": sampling_params, **options})
+        return [(r["text"], r["meta_info"]) for r in (out if isinstance(out, list) else [out])]
+
+    def generate_stream(self, prompt: str, sampling_params: dict, options: dict) -> Iterator[tuple[str, dict]]:
+        body = {"text": prompt, "sampling_params": sampling_params, "stream": True, **options}
+        sent = 0
+        with self.client.stream("POST", "/generate", json=body) as r:
+            if r.status_code >= 400:
+                r.read()
+                raise RuntimeError(f"{self.base_url}/generate answered {r.status_code}: {_error_message(r)}")
+            for line in r.iter_lines():
+                if not line.startswith("data:") or line.strip() == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[len("data:"):])
+                if "error" in chunk:
+                    raise RuntimeError(f"{self.base_url}/generate failed: {chunk['error'].get('message')}")
+                text = chunk["text"]
+                yield text[sent:], chunk["meta_info"]
+                sent = len(text)
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        return self._post_or_get("POST", "/tokenize", {"prompt": texts})["tokens"]
+
+    def score_choices(self, prefix: str, choices: list[str], unconditional: bool) -> list[ChoiceScore]:
+        prefix_ids, *full = self._tokenize([prefix, *[prefix + c for c in choices]])
+        starts = choice_spans(prefix_ids, full)
+        first = min(starts)
+        results = self._post_or_get("POST", "/generate", {
+            "input_ids": full, "sampling_params": [SCORE_PARAMS] * len(full), "return_logprob": True,
+            "logprob_start_len": first})
+        uncond = None
+        if unconditional:
+            alone = [ids or prefix_ids[-1:] for ids in self._tokenize(list(choices))]
+            uncond = [r["meta_info"]["input_token_logprobs"] for r in self._post_or_get("POST", "/generate", {
+                "input_ids": alone, "sampling_params": [SCORE_PARAMS] * len(alone), "return_logprob": True,
+                "logprob_start_len": 0})]
+        return scores_from_logprobs(starts, first, [r["meta_info"]["input_token_logprobs"] for r in results], uncond)
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500]
+    error = body.get("error") if isinstance(body, dict) else None
+    return error.get("message", str(error)) if isinstance(error, dict) else str(body)[:500]

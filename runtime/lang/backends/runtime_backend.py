@@ -1,0 +1,63 @@
+"""`Runtime`: the engine in this process (it owns a `runtime.Engine`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from runtime.chat_roles import ChatRoles, read_chat_roles
+from runtime.lang.backends.base import SCORE_PARAMS, Backend, choice_spans, scores_from_logprobs
+from runtime.lang.choices import ChoiceScore
+
+
+class Runtime(Backend):
+    def __init__(self, model_path: str | None = None, **engine_options) -> None:
+        from runtime.engine.api import Engine
+
+        self.engine = Engine(model_path, **engine_options)
+        self.tokenizer = self.engine.tokenizer
+        self._roles: ChatRoles | None = None
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
+
+    def chat_roles(self) -> ChatRoles:
+        if self._roles is None:
+            def render(messages: list[dict], add_generation_prompt: bool) -> str:
+                return self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                          add_generation_prompt=add_generation_prompt)
+
+            self._roles = read_chat_roles(render)
+        return self._roles
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def generate(self, prompt: str, sampling_params: dict, options: dict) -> list[tuple[str, dict]]:
+        out = self.engine.generate(input_ids=self._encode(prompt), sampling_params=sampling_params, **options)
+        return [(r["text"], r["meta_info"]) for r in (out if isinstance(out, list) else [out])]
+
+    def generate_stream(self, prompt: str, sampling_params: dict, options: dict) -> Iterator[tuple[str, dict]]:
+        for chunk in self.engine.generate(input_ids=self._encode(prompt), sampling_params=sampling_params,
+                                          stream=True, **options):
+            yield chunk["delta"], chunk["meta_info"]
+
+    def score_choices(self, prefix: str, choices: list[str], unconditional: bool) -> list[ChoiceScore]:
+        prefix_ids = self._encode(prefix)
+        full = [self._encode(prefix + c) for c in choices]
+        starts = choice_spans(prefix_ids, full)
+        first = min(starts)
+        results = self.engine.generate(input_ids=full, sampling_params=[SCORE_PARAMS] * len(full),
+                                       return_logprob=True, logprob_start_len=first)
+        uncond = None
+        if unconditional:
+            alone = self.engine.generate(input_ids=[self._encode(c) or prefix_ids[-1:] for c in choices],
+                                         sampling_params=[SCORE_PARAMS] * len(choices), return_logprob=True,
+                                         logprob_start_len=0)
+            uncond = [r["meta_info"]["input_token_logprobs"] for r in alone]
+        return scores_from_logprobs(starts, first, [r["meta_info"]["input_token_logprobs"] for r in results], uncond)

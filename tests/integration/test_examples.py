@@ -1,0 +1,32 @@
+"""Every script in examples/ runs on the default model and prints what it should."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXPECTED = {  # script -> text its output must contain
+    "quickstart.py": "Paris",
+    "multi_turn_chat.py": "Eiffel",
+    "json_extraction.py": "'birth_year': 1867",
+    "tree_of_thought.py": "best: ",
+    "async_batch.py": "'France': 'Paris'",
+}
+
+
+def test_every_example_is_listed():
+    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(EXPECTED)
+    readme = (EXAMPLES / "README.md").read_text()
+    assert all(f"`{name}`" in readme for name in EXPECTED)
+
+
+@pytest.mark.parametrize("script", sorted(EXPECTED))
+def test_example_runs(script):
+    proc = subprocess.run([sys.executable, str(EXAMPLES / script)], capture_output=True, text=True, timeout=300,
+                          cwd=EXAMPLES.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert EXPECTED[script] in proc.stdout, proc.stdout

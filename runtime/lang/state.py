@@ -115,7 +115,7 @@ class ProgramState:
                                     "normalized_prompt_logprobs": [s.mean for s in scores],
                                     "token_logprobs": [s.logprobs for s in scores]}
         self._append(choice, expr.name)
-        self._cached_len = len(self._text) - len(choice)
+        self._cached_len = len(self._text)  # scoring prefilled prefix + every choice
 
     def _role_begin(self, expr: RoleBegin) -> None:
         if self._role is not None:

@@ -11,6 +11,7 @@ import asyncio
 import inspect
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from runtime.lang.ir import DEFAULT_PARAMS, GenParams
@@ -46,17 +47,12 @@ class Program:
         params = GenParams(**{k: kwargs.pop(k) for k in list(kwargs) if k in names})
         return backend, DEFAULT_PARAMS.merged(params), {**self.bound, **kwargs}
 
-    def _state(self, backend, params: GenParams, stream: bool) -> ProgramState:
-        return ProgramState(backend, params, stream)
-
     def run(self, *args, stream: bool = False, **kwargs) -> ProgramState:
         """Run the program; with stream=True it runs in a thread and the state streams
         (`text_iter`). Exceptions raise here (run_batch keeps them in each state)."""
         backend, params, arguments = self._split(kwargs)
-        state = self._state(backend, params, stream)
+        state = ProgramState(backend, params, stream)
         if stream:
-            import threading
-
             threading.Thread(target=_execute, args=(self.func, state, args, arguments), daemon=True,
                              name=f"radixflow-program-{self.__name__}").start()
             return state
@@ -75,7 +71,7 @@ class Program:
         items = [{**common, **item} for item in batch_kwargs]
         self._prefill_shared_prefix(backend, params, items)
         workers = min(len(items), (os.cpu_count() or 2) * 16 if num_threads == "auto" else int(num_threads))
-        states = [self._state(backend, params, False) for _ in items]
+        states = [ProgramState(backend, params) for _ in items]
         bar = _progress(len(items)) if progress_bar else None
         with ThreadPoolExecutor(max(workers, 1)) as pool:
             futures = [pool.submit(_execute, self.func, s, (), item) for s, item in zip(states, items)]

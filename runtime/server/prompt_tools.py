@@ -1,7 +1,8 @@
 """Tools for models whose chat template cannot show them (SmolLM2's has no tool section).
 
-When a template never mentions `tools`, the server renders the conversation in this
-format (the one SmolLM2-Instruct was trained on) before the template sees it:
+With the `prompt` tool parser (what `auto` picks for a template that never mentions
+`tools`), the server renders the conversation in this format (the one SmolLM2-Instruct
+was trained on) before the template sees it:
   * the tool definitions (OpenAI `function` objects as a JSON list) go into the system
     message, after its own text, with instructions to answer with
         <tool_call>[{"name": "...", "arguments": {...}}, ...]</tool_call>

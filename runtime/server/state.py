@@ -42,7 +42,6 @@ class ServerState:
         self.chat_template = ChatTemplate.for_model(self.model_path, self.tokenizer, settings.chat_template)
         source = self.chat_template.source if self.chat_template else None
         self.tool_parser = get_parser(settings.tool_call_parser, source)
-        self.tools_in_prompt = self.tool_parser.tools_in_prompt
         self.chat_roles = _read_roles(self.chat_template)  # for frontend programs (runtime.lang)
         self.metrics = ServerMetrics(self.served_model_name)
         cfg = engine.config
@@ -103,7 +102,7 @@ class ServerState:
             raise APIError(400, "this model has no chat template; start the server with --chat-template FILE "
                                 "or use /v1/completions")
 
-        if self.tools_in_prompt:
+        if self.tool_parser.tools_in_prompt:  # the template cannot show them: prompt_tools does
             messages, tools = messages_with_tools_in_prompt(messages, tools), None
 
         def work():

@@ -57,9 +57,7 @@ def test_few_shot_qa_run_and_batch(backend):
 
 
 def backend_tokens(backend, text: str) -> list[int]:
-    if isinstance(backend, rt.Runtime):
-        return backend.tokenizer.encode(text, add_special_tokens=False)
-    return backend._tokenize([text])[0]
+    return backend.tokenize([text])[0]
 
 
 def test_multi_turn_chat_with_roles(backend):

@@ -1,8 +1,9 @@
 """The protocol between frontend programs and a runtime.
 
-A backend completes text (`generate`, `generate_stream`), scores choices for `select`
-(`score_choices`: one batched request over the shared prefix, prompt logprobs of each
-choice's tokens) and says how the model's chat template marks roles (`chat_roles`).
+A backend completes text (`generate`, `generate_stream`), tokenizes (`tokenize`), returns
+prompt logprobs of a batch (`prompt_logprobs`) and says how the model's chat template
+marks roles (`chat_roles`). From the last three, `score_choices` scores `select`'s
+choices in one batched request over the shared prefix.
 Results carry SGLang's meta_info dicts (prompt/completion/cached tokens, finish reason,
 logprobs when asked)."""
 
@@ -30,10 +31,25 @@ class Backend(ABC):
         """(new text, meta_info so far) chunks of one sample."""
 
     @abstractmethod
-    def score_choices(self, prefix: str, choices: list[str], unconditional: bool) -> list[ChoiceScore]: ...
+    def tokenize(self, texts: list[str]) -> list[list[int]]: ...
+
+    @abstractmethod
+    def prompt_logprobs(self, input_ids: list[list[int]], start: int) -> list[list]:
+        """Per sequence, SGLang triples (logprob, id, text) of its tokens from position `start`
+        (position 0 has logprob None); nothing is generated."""
 
     def shutdown(self) -> None:
         pass
+
+    def score_choices(self, prefix: str, choices: list[str], unconditional: bool) -> list[ChoiceScore]:
+        prefix_ids, *full = self.tokenize([prefix, *[prefix + c for c in choices]])
+        starts = choice_spans(prefix_ids, full)
+        first = min(starts)
+        uncond = None
+        if unconditional:
+            alone = [ids or prefix_ids[-1:] for ids in self.tokenize(list(choices))]
+            uncond = self.prompt_logprobs(alone, 0)
+        return scores_from_logprobs(starts, first, self.prompt_logprobs(full, first), uncond)
 
 
 def choice_spans(prefix_ids: list[int], full_ids: list[list[int]]) -> list[int]:

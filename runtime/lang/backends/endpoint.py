@@ -10,8 +10,7 @@ from collections.abc import Iterator
 import httpx
 
 from runtime.chat_roles import ChatRoles
-from runtime.lang.backends.base import SCORE_PARAMS, Backend, choice_spans, scores_from_logprobs
-from runtime.lang.choices import ChoiceScore
+from runtime.lang.backends.base import SCORE_PARAMS, Backend
 
 
 class RuntimeEndpoint(Backend):
@@ -61,23 +60,14 @@ class RuntimeEndpoint(Backend):
                 yield text[sent:], chunk["meta_info"]
                 sent = len(text)
 
-    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
         return self._post_or_get("POST", "/tokenize", {"prompt": texts})["tokens"]
 
-    def score_choices(self, prefix: str, choices: list[str], unconditional: bool) -> list[ChoiceScore]:
-        prefix_ids, *full = self._tokenize([prefix, *[prefix + c for c in choices]])
-        starts = choice_spans(prefix_ids, full)
-        first = min(starts)
+    def prompt_logprobs(self, input_ids: list[list[int]], start: int) -> list[list]:
         results = self._post_or_get("POST", "/generate", {
-            "input_ids": full, "sampling_params": [SCORE_PARAMS] * len(full), "return_logprob": True,
-            "logprob_start_len": first})
-        uncond = None
-        if unconditional:
-            alone = [ids or prefix_ids[-1:] for ids in self._tokenize(list(choices))]
-            uncond = [r["meta_info"]["input_token_logprobs"] for r in self._post_or_get("POST", "/generate", {
-                "input_ids": alone, "sampling_params": [SCORE_PARAMS] * len(alone), "return_logprob": True,
-                "logprob_start_len": 0})]
-        return scores_from_logprobs(starts, first, [r["meta_info"]["input_token_logprobs"] for r in results], uncond)
+            "input_ids": input_ids, "sampling_params": [SCORE_PARAMS] * len(input_ids), "return_logprob": True,
+            "logprob_start_len": start})
+        return [r["meta_info"]["input_token_logprobs"] for r in results]
 
 
 def _error_message(response: httpx.Response) -> str:

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from runtime.chat_roles import ChatRoles, read_chat_roles
-from runtime.lang.backends.base import SCORE_PARAMS, Backend, choice_spans, scores_from_logprobs
-from runtime.lang.choices import ChoiceScore
+from runtime.lang.backends.base import SCORE_PARAMS, Backend
 
 
 class Runtime(Backend):
@@ -47,17 +46,10 @@ class Runtime(Backend):
                                           stream=True, **options):
             yield chunk["delta"], chunk["meta_info"]
 
-    def score_choices(self, prefix: str, choices: list[str], unconditional: bool) -> list[ChoiceScore]:
-        prefix_ids = self._encode(prefix)
-        full = [self._encode(prefix + c) for c in choices]
-        starts = choice_spans(prefix_ids, full)
-        first = min(starts)
-        results = self.engine.generate(input_ids=full, sampling_params=[SCORE_PARAMS] * len(full),
-                                       return_logprob=True, logprob_start_len=first)
-        uncond = None
-        if unconditional:
-            alone = self.engine.generate(input_ids=[self._encode(c) or prefix_ids[-1:] for c in choices],
-                                         sampling_params=[SCORE_PARAMS] * len(choices), return_logprob=True,
-                                         logprob_start_len=0)
-            uncond = [r["meta_info"]["input_token_logprobs"] for r in alone]
-        return scores_from_logprobs(starts, first, [r["meta_info"]["input_token_logprobs"] for r in results], uncond)
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        return [self._encode(t) for t in texts]
+
+    def prompt_logprobs(self, input_ids: list[list[int]], start: int) -> list[list]:
+        results = self.engine.generate(input_ids=input_ids, sampling_params=[SCORE_PARAMS] * len(input_ids),
+                                       return_logprob=True, logprob_start_len=start)
+        return [r["meta_info"]["input_token_logprobs"] for r in results]

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 SENTINEL = "\u2063RADIXFLOW-SENTINEL\u2063"
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")  # "tool" only where the template renders it
 
 
 @dataclass(frozen=True)
@@ -48,4 +48,10 @@ def read_chat_roles(render: Callable[[list[dict], bool], str]) -> ChatRoles:
     assistant = _between(render(base2, False), render(base2 + [msg("assistant")], False))
     lone_user = render([msg("user")], False).split(SENTINEL)[0]
     default_system = lone_user[: len(lone_user) - len(user[0])] if lone_user.endswith(user[0]) else ""
-    return ChatRoles({"system": system, "user": user, "assistant": assistant}, default_system)
+    markers = {"system": system, "user": user, "assistant": assistant}
+    base3 = base2 + [msg("assistant", "A")]
+    try:  # a tool result after an assistant turn (templates differ; some reject it)
+        markers["tool"] = _between(render(base3, False), render(base3 + [msg("tool")], False))
+    except Exception:  # noqa: BLE001 - no tool role then
+        pass
+    return ChatRoles(markers, default_system)

@@ -44,6 +44,7 @@ class SamplingParams:
     min_p: float = 0.0
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
+    stop_regex: str | list[str] | None = None  # stop where the output matches one (`regex` module syntax)
     ignore_eos: bool = False
     min_new_tokens: int = 0
     n: int = 1
@@ -78,6 +79,16 @@ class SamplingParams:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
     @property
+    def stop_regexes(self) -> list:
+        """The compiled `stop_regex` patterns (the `regex` module: partial matches tell
+        how much output tail might still become a match)."""
+        if not self.stop_regex:
+            return []
+        import regex
+
+        return [regex.compile(p) for p in ([self.stop_regex] if isinstance(self.stop_regex, str) else self.stop_regex)]
+
+    @property
     def is_greedy(self) -> bool:
         return self.temperature == 0.0 or self.top_k == 1
 
@@ -104,6 +115,13 @@ class SamplingParams:
         check(self.stop is None or isinstance(self.stop, str)
               or (isinstance(self.stop, list) and all(isinstance(s, str) and s for s in self.stop)),
               "stop", "a string or a list of non-empty strings")
+        check(self.stop_regex is None or isinstance(self.stop_regex, str)
+              or (isinstance(self.stop_regex, list) and all(isinstance(s, str) and s for s in self.stop_regex)),
+              "stop_regex", "a string or a list of non-empty strings")
+        try:
+            self.stop_regexes
+        except Exception as e:  # regex.error
+            raise ValueError(f"stop_regex is not a valid regular expression: {e}") from None
         if self.stop_token_ids is not None:
             check(all(isinstance(t, int) and t >= 0 and (vocab_size is None or t < vocab_size)
                       for t in self.stop_token_ids),

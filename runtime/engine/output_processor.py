@@ -1,8 +1,10 @@
-"""Front-end side of a request: detokenize, match stop strings, build result dicts.
+"""Front-end side of a request: detokenize, match stop strings and stop regexes, build
+result dicts.
 
-Lives in the caller's process (Engine, HTTP server). Stop strings are matched here,
-on text; when one matches, the caller aborts the request in the engine, which may
-have produced a token or two more: those are dropped.
+Lives in the caller's process (Engine, HTTP server). Stops are matched here, on text;
+when one matches, the caller aborts the request in the engine, which may have produced
+a token or two more: those are dropped. Text that could still become a stop (a stop
+string's prefix, a regex's partial match at the end) is held back from `visible`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ class RequestState:
     output_top_logprobs: list = field(default_factory=list)
     input_token_logprobs: list | None = None
     input_top_logprobs: list | None = None
+    stop_patterns: list = field(init=False)  # compiled stop_regex
+
+    def __post_init__(self) -> None:
+        self.stop_patterns = self.params.stop_regexes
 
     @property
     def max_stop_len(self) -> int:
@@ -54,7 +60,7 @@ class RequestState:
                 self.output_token_logprobs += self._with_text([out.output_token_logprobs[k]], tokenizer)
                 self.output_top_logprobs.append(self._with_text(out.output_top_logprobs[k], tokenizer))
             self.text += self.detok.add([token])
-            if self.params.stop_strs and self._match_stop():
+            if (self.params.stop_strs or self.stop_patterns) and self._match_stop():
                 stopped = True
                 break
         if not stopped:
@@ -63,8 +69,13 @@ class RequestState:
                 self.finished, self.finish_reason = True, out.finish_reason
                 self.visible = len(self.text)
             else:
-                # hold back a tail that could still become a stop string
-                self.visible = max(self.visible, len(self.text) - max(self.max_stop_len - 1, 0))
+                # hold back a tail that could still become a stop string or match a stop regex
+                final = len(self.text) - max(self.max_stop_len - 1, 0)
+                for pattern in self.stop_patterns:
+                    partial = pattern.search(self.text, self.visible, partial=True)
+                    if partial is not None:
+                        final = min(final, partial.start())
+                self.visible = max(self.visible, final)
         return stopped
 
     def _match_stop(self) -> bool:
@@ -73,11 +84,15 @@ class RequestState:
         for stop in self.params.stop_strs:
             idx = self.text.find(stop, window_start)
             if idx != -1 and (best is None or idx < best[0]):
-                best = (idx, stop)
+                best = (idx, idx + len(stop), stop)
+        for pattern in self.stop_patterns:
+            m = pattern.search(self.text, self.visible)
+            if m is not None and (best is None or m.start() < best[0]):
+                best = (m.start(), m.end(), pattern.pattern)
         if best is None:
             return False
-        idx, stop = best
-        self.text = self.text[:idx + len(stop)] if self.params.no_stop_trim else self.text[:idx]
+        idx, end, stop = best
+        self.text = self.text[:end] if self.params.no_stop_trim else self.text[:idx]
         self.visible = len(self.text)
         self.finished, self.finish_reason = True, FinishReason(FinishKind.STOP, matched=stop)
         return True

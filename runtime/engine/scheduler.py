@@ -276,7 +276,7 @@ class Scheduler:
                 self.partial.append(req)  # its forced tokens need an extend before decoding
             elif extend:
                 self.running.append(req)
-            if finished or req.stream or req.sampling_params.stop:
+            if finished or req.stream or req.sampling_params.stop or req.sampling_params.stop_regex:
                 # stop strings are matched on text in the main process: it needs every token
                 outputs.append(self._token_out(req))
         return outputs

@@ -34,10 +34,17 @@ def function(func=None, **bound):
     return Program(func, bound)
 
 
-def gen(name: str | None = None, choices: list[str] | None = None, **params) -> Gen:
+def gen(name: str | None = None, choices: list[str] | None = None, tools: list | None = None,
+        tool_choice=None, **params) -> Gen:
     """Generate into variable `name` (`max_tokens`, `stop`, `temperature`, `regex`,
-    `json_schema`, `dtype`, `n`, ...: see `GenParams`); with `choices`, a `select`."""
-    return Gen(name, GenParams.from_kwargs(params, "gen"), list(choices) if choices is not None else None)
+    `json_schema`, `dtype`, `n`, ...: see `GenParams`); with `choices`, a `select`; with
+    `tools` (Python functions or OpenAI tool dicts), the model may call them (`tool_choice`
+    "auto"), must call one ("required", or a tool's name) or must not ("none"), and
+    `s[name]` is the list of calls, each {"id", "name", "arguments": dict}."""
+    if tool_choice is not None and not tools:
+        raise ValueError("gen(tool_choice=...) needs tools=[...]")
+    return Gen(name, GenParams.from_kwargs(params, "gen"), list(choices) if choices is not None else None,
+               list(tools) if tools else None, tool_choice)
 
 
 def gen_int(name: str | None = None, **params) -> Gen:
@@ -65,6 +72,12 @@ def user(expr="") -> Concat:
 
 def assistant(expr="") -> Concat:
     return role_block("assistant", expr)
+
+
+def tool(expr="") -> Concat:
+    """A tool result, as the chat template renders a `tool` message (on the OpenAI backend it
+    answers the oldest call not yet answered)."""
+    return role_block("tool", expr)
 
 
 def system_begin():

@@ -29,6 +29,7 @@ class GenParams:
     min_tokens: int | None = None
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
+    stop_regex: str | list[str] | None = None
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
@@ -114,6 +115,8 @@ class Gen(Expr):
     name: str | None
     params: GenParams = field(default_factory=GenParams)
     choices: list[str] | None = None  # gen(choices=...) is a select
+    tools: list | None = None  # functions / OpenAI tool dicts: the output is held to calls (runtime.lang.tools)
+    tool_choice: Any = None  # "auto" (default with tools) | "required" | "none" | a tool name | OpenAI's dict
 
 
 @dataclass

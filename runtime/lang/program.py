@@ -14,8 +14,9 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from runtime.lang.backends.base import ChatBackend
 from runtime.lang.ir import DEFAULT_PARAMS, GenParams
-from runtime.lang.state import HINT_PARAMS, ProgramState
+from runtime.lang.state import ProgramState
 
 logger = logging.getLogger("radixflow.lang")
 
@@ -90,12 +91,12 @@ class Program:
         return await asyncio.to_thread(lambda: self.run_batch(batch_kwargs, **kwargs))
 
     def _prefill_shared_prefix(self, backend, params: GenParams, items: list[dict]) -> None:
-        if len(items) < 2:
+        if len(items) < 2 or isinstance(backend, ChatBackend):
             return
         texts = [self._trace(backend, params, item) for item in items[:2]]
         shared = os.path.commonprefix(texts)
         if len(shared) >= MIN_HINT_CHARS:
-            backend.generate(shared, HINT_PARAMS, {})
+            backend.cache_prefix(shared)
 
     def _trace(self, backend, params: GenParams, arguments: dict) -> str:
         """The text the program writes before its first gen/select."""
@@ -126,10 +127,8 @@ class _TracingBackend:
     def __init__(self, backend) -> None:
         self.chat_roles = backend.chat_roles
 
-    def generate(self, *args, **kwargs):
+    def __getattr__(self, name: str):
         raise _StopTrace()
-
-    generate_stream = score_choices = generate
 
 
 def _progress(total: int):

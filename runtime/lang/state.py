@@ -8,19 +8,25 @@ streams while the program runs in another thread (`run(stream=True)`).
 
 Invariant: `self._text` is exactly the prompt the next backend call sees; role markers
 come from the backend's chat template (`runtime.chat_roles`), so role blocks render as
-the template would render the same messages.
+the template would render the same messages. The one exception to "text only grows":
+`gen(tools=...)` re-renders the head of the prompt (the system message) with the tools
+shown, as the template shows them (`_show_tools`). On a `ChatBackend` the requests carry
+`self._messages` instead, and `self._text` is a transcript.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from runtime.chat_roles import SENTINEL
+from runtime.lang.backends.base import ChatBackend
 from runtime.lang.choices import resolve_method
 from runtime.lang.ir import (
     DEFAULT_PARAMS,
@@ -37,8 +43,8 @@ from runtime.lang.ir import (
     as_expr,
     role_block,
 )
-
-HINT_PARAMS = {"max_new_tokens": 0, "temperature": 0.0}  # prefill only: puts a prefix in the radix tree
+from runtime.lang.tools import call_plan, openai_tool_call, parse_calls, tool_dicts
+from runtime.server.prompt_tools import format_calls
 
 
 class ProgramState:
@@ -52,6 +58,11 @@ class ProgramState:
         self._role_start = 0
         self._scopes: dict[str, int] = {}
         self._cached_len = 0  # text known to be in the radix tree (sent to the backend)
+        self._head_end: int | None = None  # end of the system message (or where it would go)
+        self._system_content: str | None = None
+        self._tools_shown: str | None = None  # JSON of the tools the head shows
+        self._turn_calls: list[tuple[int, int, str, list[dict]]] = []  # (start, end, content, calls) in this turn
+        self._unanswered: list[str] = []  # ids of the last assistant turn's calls without a tool result
         self._error: BaseException | None = None
         self._log: list[tuple[str | None, str]] = []  # every appended piece, for text_iter
         self._done = False
@@ -72,7 +83,14 @@ class ProgramState:
             self._cond.notify_all()
 
     def _text_expr(self, expr: Text) -> None:
+        if self._chat_api and self._role is None and expr.value.strip():
+            raise ValueError("the OpenAI backend runs chat programs: text must be inside system/user/assistant "
+                             f"blocks, got {expr.value[:40]!r} outside them")
         self._append(expr.value)
+
+    @property
+    def _chat_api(self) -> bool:
+        return isinstance(self.backend, ChatBackend)
 
     def _concat(self, expr: Concat) -> None:
         for item in expr.items:
@@ -82,6 +100,10 @@ class ProgramState:
         if expr.choices is not None:
             return self._select(Select(expr.name, expr.choices))
         params = self.params.merged(expr.params)
+        if self._chat_api:
+            return self._chat_gen(expr, params)
+        if expr.tools:
+            return self._tools_gen(expr, params)
         sampling, options = params.to_engine()
         name = expr.name
         if self.stream and (params.n or 1) == 1:
@@ -89,18 +111,98 @@ class ProgramState:
             for delta, meta in self.backend.generate_stream(self._text, sampling, options):
                 value += delta
                 self._append(delta, name)
-                if name is not None:
-                    self.variables[name], self.meta[name] = value, meta
+                self._set_result(name, [value], [meta])
         else:
             results = self.backend.generate(self._text, sampling, options)
-            texts, metas = [t for t, _ in results], [m for _, m in results]
-            self._append(texts[0], name)
-            if name is not None:
-                self.variables[name] = texts if len(texts) > 1 else texts[0]
-                self.meta[name] = metas if len(metas) > 1 else metas[0]
+            self._append(results[0][0], name)
+            self._set_result(name, [t for t, _ in results], [m for _, m in results])
         self._cached_len = len(self._text)
 
+    def _set_result(self, name: str | None, values: list, metas: list[dict]) -> None:
+        if name is not None:  # n > 1: lists
+            self.variables[name] = values if len(values) > 1 else values[0]
+            self.meta[name] = metas if len(metas) > 1 else metas[0]
+
+    def _tools_gen(self, expr: Gen, params: GenParams) -> None:
+        """A gen whose output may (auto) or must (required / named) be tool calls in the
+        model's own format; `s[name]` is the list of calls."""
+        tools, parser = tool_dicts(expr.tools), self.backend.tool_parser()
+        self._show_tools(tools)
+        plan = call_plan(parser, tools, expr.tool_choice)
+        sampling, options = params.to_engine()
+        if sampling.get("n", 1) != 1:
+            raise ValueError("gen(tools=...) makes one sample; n must be 1")
+        if plan is not None:
+            clash = sorted(k for k in ("regex", "json_schema") if k in sampling)
+            if clash:
+                raise ValueError(f"gen(tools=...) constrains the output to calls; it cannot also take {clash}")
+            sampling.update(plan.constraint)
+        start = len(self._text)
+        self._append(plan.opening if plan else "", expr.name)
+        [(text, meta)] = self.backend.generate(self._text, sampling, options)
+        self._append(text + (plan.closing if plan else ""), expr.name)
+        content, calls = parse_calls(parser, self._text[start:])
+        self._turn_calls.append((start, len(self._text), content or "", calls))
+        self._set_result(expr.name, [calls], [{**meta, "content": content,
+                                               "tool_calls": [openai_tool_call(c) for c in calls]}])
+        self._cached_len = len(self._text)
+
+    def _show_tools(self, tools: list[dict]) -> None:
+        """Re-render the system message (or the template's default one) with `tools` shown."""
+        key = json.dumps(tools, sort_keys=True)
+        if key == self._tools_shown:
+            return
+        if self._head_end is None:
+            raise ValueError("gen(tools=...) needs a chat program that began with a system or user block: the "
+                             "tools are shown in the system message")
+        head = [{"role": "system", "content": self._system_content}] if self._system_content is not None else []
+        probe = self.backend.render_chat(head + [{"role": "user", "content": SENTINEL}], tools)
+        cut = probe.find(self.backend.chat_roles().markers["user"][0] + SENTINEL)
+        if cut < 0:
+            raise ValueError("this chat template does not show tools before the first user message; "
+                             "gen(tools=...) cannot place them")
+        new_head, shift = probe[:cut], cut - self._head_end
+        with self._cond:
+            self._text = new_head + self._text[self._head_end:]
+        self._role_start += shift
+        self._scopes = {k: v + shift for k, v in self._scopes.items()}
+        self._turn_calls = [(a + shift, b + shift, c, calls) for a, b, c, calls in self._turn_calls]
+        self._head_end, self._tools_shown, self._cached_len = cut, key, 0
+
+    def _chat_gen(self, expr: Gen, params: GenParams) -> None:
+        self._check_chat_turn("gen")
+        sampling, options = params.to_engine()
+        tools = tool_dicts(expr.tools) if expr.tools else None
+        name = expr.name
+        if self.stream and not tools and sampling.get("n", 1) == 1:
+            value = ""
+            for delta, meta in self.backend.chat_stream(self._messages, sampling, options):
+                value += delta
+                self._append(delta, name)
+                self._set_result(name, [value], [meta])
+            return
+        results = self.backend.chat(self._messages, sampling, options, tools, expr.tool_choice)
+        content, calls, _ = results[0]
+        start = len(self._text)
+        self._append(content + (format_calls([openai_tool_call(c) for c in calls]) if calls else ""), name)
+        if tools:
+            self._turn_calls.append((start, len(self._text), content, calls))
+            metas = [{**m, "content": c or None, "tool_calls": [openai_tool_call(x) for x in k]} for c, k, m in results]
+            self._set_result(name, [k for _, k, _ in results], metas)
+        else:
+            self._set_result(name, [c for c, _, _ in results], [m for _, _, m in results])
+
+    def _check_chat_turn(self, what: str) -> None:
+        if self._role != "assistant" or self._text[self._role_start:].strip():
+            raise ValueError(f"the OpenAI backend runs {what} only at the start of an assistant block "
+                             f"(chat APIs cannot continue a half-written reply)")
+
     def _select(self, expr: Select) -> None:
+        if self._chat_api:
+            self._check_chat_turn("select")
+            index, meta = self.backend.choose(self._messages, list(expr.choices))
+            self._set_result(expr.name, [expr.choices[index]], [{**meta, "choice_index": index}])
+            return self._append(expr.choices[index], expr.name)
         method = resolve_method(expr.choices_method)
         scores = self.backend.score_choices(self._text, list(expr.choices), method.needs_unconditional)
         if expr.temperature and expr.temperature > 0:  # sample by the mean logprobs
@@ -121,18 +223,42 @@ class ProgramState:
         if self._role is not None:
             raise ValueError(f"role {expr.role!r} begins inside role {self._role!r}; roles do not nest")
         roles = self.backend.chat_roles()
-        if not self._messages and expr.role != "system" and not self._text:
-            self._append(roles.default_system)
+        if expr.role not in roles.markers:
+            raise ValueError(f"this chat template has no {expr.role!r} role (it renders {sorted(roles.markers)})")
+        if not self._messages and not self._text and not self._chat_api:
+            if expr.role != "system":
+                self._append(roles.default_system)
+                self._head_end = len(self._text)
+            else:
+                self._head_end = -1  # set when the system message ends
         self._role = expr.role
         self._append(roles.markers[expr.role][0])
         self._role_start = len(self._text)
+        self._turn_calls = []
 
     def _role_end(self, expr: RoleEnd) -> None:
         if self._role != expr.role:
             raise ValueError(f"role {expr.role!r} ends, but the open role is {self._role!r}")
-        self._messages.append({"role": expr.role, "content": self._text[self._role_start:].strip()})
+        message = {"role": expr.role, "content": self._turn_content()}
+        calls = [openai_tool_call(c) for *_, turn_calls in self._turn_calls for c in turn_calls]
+        if calls:
+            message["tool_calls"] = calls
+            self._unanswered = [c["id"] for c in calls]
+        if expr.role == "tool" and self._unanswered:
+            message["tool_call_id"] = self._unanswered.pop(0)
+        self._messages.append(message)
         self._role = None
         self._append(self.backend.chat_roles().markers[expr.role][1])
+        if self._head_end == -1:
+            self._head_end, self._system_content = len(self._text), message["content"]
+
+    def _turn_content(self) -> str:
+        """The open role's text, each tool-call span replaced by its content outside the calls."""
+        pieces, pos = [], self._role_start
+        for start, end, content, calls in self._turn_calls:
+            pieces += [self._text[pos:start], content if calls else self._text[start:end]]
+            pos = end
+        return ("".join(pieces) + self._text[pos:]).strip()
 
     def _scope_begin(self, expr: VarScopeBegin) -> None:
         self._scopes[expr.name] = len(self._text)
@@ -204,6 +330,8 @@ class ProgramState:
         new = ProgramState(self.backend, self.params, self.stream)
         new._text, new._messages, new._role = self._text, [dict(m) for m in self._messages], self._role
         new._role_start, new._cached_len = self._role_start, self._cached_len
+        new._head_end, new._system_content, new._tools_shown = self._head_end, self._system_content, self._tools_shown
+        new._turn_calls, new._unanswered = list(self._turn_calls), list(self._unanswered)
         new.variables, new.meta = dict(self.variables), dict(self.meta)
         new._done = True
         return new
@@ -214,7 +342,7 @@ class ProgramState:
         if size < 1:
             raise ValueError(f"fork size must be >= 1, got {size}")
         if len(self._text) > self._cached_len:
-            self.backend.generate(self._text, HINT_PARAMS, {})
+            self.backend.cache_prefix(self._text)
             self._cached_len = len(self._text)
         return ForkGroup(self, [self.copy() for _ in range(size)])
 

@@ -12,6 +12,7 @@ from functools import partial
 
 from starlette.requests import Request
 
+from runtime.server.chat_template import message_to_template_dict
 from runtime.server.errors import APIError, bad_request, from_exception
 from runtime.server.metrics import StreamTimer
 from runtime.server.openai_common import abort_error
@@ -20,21 +21,13 @@ from runtime.server.state import ServerState
 from runtime.server.streaming import SSE_DONE, SSEResponse, cancel_on_disconnect, gather_or_cancel, sse, sse_error
 
 MAX_BATCH = 1024
-# SGLang frontend fields we accept only at their "unset" value
-_UNSUPPORTED_SAMPLING = ("stop_regex",)
 
 
 def _sampling_dict(params) -> dict:
     sp = params.model_dump(exclude_none=True) if params is not None else {}
-    for key in _UNSUPPORTED_SAMPLING:
-        if key in sp:
-            if sp[key] not in ([], (), "", None):
-                raise bad_request(f"sampling_params.{key} is not supported", param=f"sampling_params.{key}")
+    for key in ("stop", "stop_token_ids", "stop_regex"):  # empty means none
+        if sp.get(key) in ([], ""):
             del sp[key]
-    if sp.get("stop") == []:
-        del sp["stop"]
-    if sp.get("stop_token_ids") == []:
-        del sp["stop_token_ids"]
     return sp
 
 
@@ -137,7 +130,8 @@ def model_info(state: ServerState) -> dict:
             "served_model_name": state.served_model_name, "architectures": [state.info.get("architecture")],
             "context_length": state.context_length, "preferred_sampling_params": None,
             "weight_version": "default", "has_image_understanding": False, "has_audio_understanding": False,
-            "chat_roles": state.chat_roles.to_dict() if state.chat_roles else None}
+            "chat_roles": state.chat_roles.to_dict() if state.chat_roles else None,
+            "tool_call_parser": state.tool_parser.name}
 
 
 async def server_info(state: ServerState) -> dict:
@@ -175,9 +169,18 @@ async def health_generate(state: ServerState, timeout_s: float = 60.0) -> None:
 
 
 async def tokenize(state: ServerState, req: TokenizeRequest) -> dict:
+    if req.messages is not None:  # rendered by the chat template; `prompt` is that text
+        try:
+            messages = [message_to_template_dict(m) for m in req.messages]
+        except ValueError as e:
+            raise bad_request(str(e), param="messages") from None
+        tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
+        options = {"add_generation_prompt": req.add_generation_prompt}
+        text, ids = await state.render_and_tokenize(messages, tools, options)
+        return {"tokens": ids, "count": len(ids), "max_model_len": state.context_length, "prompt": text}
     prompt = req.prompt if req.prompt is not None else req.text
     if prompt is None:
-        raise bad_request("prompt (or text) is required", param="prompt")
+        raise bad_request("prompt (or text), or messages, is required", param="prompt")
 
     def encode(text: str) -> list[int]:
         return state.tokenizer.encode(text, add_special_tokens=req.add_special_tokens)

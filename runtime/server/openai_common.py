@@ -57,6 +57,8 @@ def base_sampling_params(req, max_new_tokens: int) -> dict:
         sp["stop"] = stops
     if req.stop_token_ids:
         sp["stop_token_ids"] = list(req.stop_token_ids)
+    if req.stop_regex:
+        sp["stop_regex"] = req.stop_regex
     if req.regex is not None:
         sp["regex"] = req.regex
     if req.ebnf is not None:

@@ -101,6 +101,7 @@ class _SamplingFields(_Body):
     min_tokens: int = Field(default=0, ge=0)
     ignore_eos: bool = False
     stop_token_ids: list[int] | None = None
+    stop_regex: str | list[str] | None = None
     skip_special_tokens: bool = True
     regex: str | None = None
     ebnf: str | None = None
@@ -174,10 +175,15 @@ class GenerateRequest(_Body):
 
 
 class TokenizeRequest(_Body):
+    """Text, or (as vLLM's /tokenize) chat messages rendered by the chat template."""
+
     model: str | None = None
     prompt: str | list[str] | None = None
     text: str | list[str] | None = None
     add_special_tokens: bool = False
+    messages: list[ChatMessage] | None = None
+    tools: list[Tool] | None = None
+    add_generation_prompt: bool = True
 
 
 class DetokenizeRequest(_Body):

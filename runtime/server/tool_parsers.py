@@ -7,7 +7,10 @@ A parser knows one model family's format. Contract (`ToolParser`):
   * `parse(text)`: (content, calls) of a finished output; output that is not a
     well-formed call sequence is all content and no calls;
   * `structural_tag(tools)`: the grammar spec that holds `tool_choice="auto"` calls
-    to each tool's parameter schema (free text until a trigger).
+    to each tool's parameter schema (free text until a trigger);
+  * `forced_format()`: (opening, "object" | "array", closing) of output that must be a
+    call in this format: fixed text, one call object or an array of them, fixed text
+    (frontend programs write the fixed text and constrain the JSON; `runtime.lang.tools`).
 `ToolCallStreamer` turns the growing text into OpenAI stream deltas with any parser.
 Registry: `get_parser(name)`; "auto" picks one from the chat template's text.
 """
@@ -53,6 +56,7 @@ class ToolParser:
     separators = re.compile(r"\s*")
     accept_truncated = False  # keep the complete calls of a cut-off output (forced formats)
     tools_in_prompt = False  # the server, not the chat template, shows the tools (prompt_tools)
+    arguments_key = "arguments"  # the call object's key for the arguments
 
     def find_start(self, text: str) -> int | None:
         found = [i for i in (text.find(m) for m in self.markers) if i != -1]
@@ -112,6 +116,9 @@ class ToolParser:
     def triggers(self) -> list[str]:
         return list(self.markers)
 
+    def forced_format(self) -> tuple[str, str, str]:
+        return "", "object", ""
+
     def structural_tag(self, tools: list[dict]) -> dict:
         structures = []
         for tool in tools:
@@ -130,6 +137,9 @@ class QwenParser(ToolParser):
     def structure(self, name: str) -> tuple[str, str]:
         return f'<tool_call>\n{{"name": "{name}", "arguments": ', "}\n</tool_call>"
 
+    def forced_format(self) -> tuple[str, str, str]:
+        return "<tool_call>\n", "object", "\n</tool_call>"
+
 
 class Llama3Parser(ToolParser):
     """Llama 3.x JSON calls: `{"name": ..., "parameters": {...}}` at the start of the
@@ -139,6 +149,7 @@ class Llama3Parser(ToolParser):
     markers = ("<|python_tag|>",)
     json_at_start = True
     separators = re.compile(r"(?:\s|;|<\|python_tag\|>)*")
+    arguments_key = "parameters"
 
     def structure(self, name: str) -> tuple[str, str]:
         return f'{{"name": "{name}", "parameters": ', "}"
@@ -158,6 +169,9 @@ class MistralParser(ToolParser):
     def structure(self, name: str) -> tuple[str, str]:
         return f'[TOOL_CALLS] [{{"name": "{name}", "arguments": ', "}]"
 
+    def forced_format(self) -> tuple[str, str, str]:
+        return "[TOOL_CALLS] ", "array", ""
+
 
 class PromptToolsParser(ToolParser):
     """`<tool_call>[{"name": ..., "arguments": {...}}, ...]</tool_call>`, one or more blocks:
@@ -170,6 +184,9 @@ class PromptToolsParser(ToolParser):
 
     def structure(self, name: str) -> tuple[str, str]:
         return f'<tool_call>[{{"name": "{name}", "arguments": ', "}]</tool_call>"
+
+    def forced_format(self) -> tuple[str, str, str]:
+        return "<tool_call>", "array", "</tool_call>"
 
 
 class JsonArrayParser(ToolParser):
@@ -233,12 +250,16 @@ def get_parser(name: str, template_source: str | None = None) -> ToolParser:
     return PARSERS[name]()
 
 
+def call_schema(tools: list[dict], arguments_key: str = "arguments") -> dict:
+    """JSON schema of one call object {"name": ..., arguments_key: {...}} to any of `tools`."""
+    return {"anyOf": [{"type": "object", "properties": {"name": {"type": "string", "enum": [t["function"]["name"]]},
+                                                        arguments_key: tool_parameters(t)},
+                       "required": ["name", arguments_key], "additionalProperties": False} for t in tools]}
+
+
 def required_schema(tools: list[dict], parallel: bool) -> dict:
     """JSON schema of `tool_choice="required"` output: an array of calls."""
-    items = [{"type": "object", "properties": {"name": {"type": "string", "enum": [t["function"]["name"]]},
-                                               "arguments": tool_parameters(t)},
-              "required": ["name", "arguments"], "additionalProperties": False} for t in tools]
-    schema: dict = {"type": "array", "minItems": 1, "items": {"anyOf": items}}
+    schema: dict = {"type": "array", "minItems": 1, "items": call_schema(tools)}
     if not parallel:
         schema["maxItems"] = 1
     return schema

@@ -89,6 +89,25 @@ def test_stop_string_trimmed_and_kept(engine):
     assert kept["text"] == text[:text.index(stop) + len(stop)]
 
 
+def test_stop_regex_cuts_at_the_first_match_and_streams_nothing_past_it(engine):
+    import re
+
+    text = engine.generate("Tell me a story", {**GREEDY, "max_new_tokens": 24})["text"]
+    assert len(text) > 8, "need some text to cut"
+    pattern = re.escape(text[4]) + "." + re.escape(text[6])  # first matches at 4 (or earlier)
+    first = re.search(pattern, text).start()
+    sp = {**GREEDY, "max_new_tokens": 24, "stop_regex": [pattern]}
+    cut = engine.generate("Tell me a story", sp)
+    assert cut["text"] == text[:first]
+    assert cut["meta_info"]["finish_reason"] == {"type": "stop", "matched": pattern}
+    streamed = "".join(c["delta"] for c in engine.generate("Tell me a story", sp, stream=True))
+    assert streamed == text[:first]
+    kept = engine.generate("Tell me a story", {**sp, "no_stop_trim": True})
+    assert kept["text"] == text[:re.search(pattern, text).end()]
+    with pytest.raises(ValueError, match="stop_regex is not a valid regular expression"):
+        engine.generate("x", {"stop_regex": "(unclosed"})
+
+
 def test_stop_token_ids_min_and_max_new_tokens(engine):
     base = engine.generate("abc", {**GREEDY, "max_new_tokens": 10, "ignore_eos": True})
     tok = base["output_ids"][4]

@@ -1,9 +1,12 @@
-"""The protocol between frontend programs and a runtime.
+"""The protocols between frontend programs and a runtime.
 
-A backend completes text (`generate`, `generate_stream`), tokenizes (`tokenize`), returns
-prompt logprobs of a batch (`prompt_logprobs`) and says how the model's chat template
-marks roles (`chat_roles`). From the last three, `score_choices` scores `select`'s
-choices in one batched request over the shared prefix.
+`Backend` (a text backend: `Runtime`, `RuntimeEndpoint`) completes prompt text
+(`generate`, `generate_stream`), tokenizes (`tokenize`), returns prompt logprobs of a
+batch (`prompt_logprobs`) and says how the model's chat template marks roles
+(`chat_roles`). From the last three, `score_choices` scores `select`'s choices in one
+batched request over the shared prefix. For tools it renders a chat with tools
+(`render_chat`) and names the model's tool-call format (`tool_parser`).
+`ChatBackend` (`OpenAI`) takes the program's messages instead of its text.
 Results carry SGLang's meta_info dicts (prompt/completion/cached tokens, finish reason,
 logprobs when asked)."""
 
@@ -14,6 +17,7 @@ from collections.abc import Iterator
 
 from runtime.chat_roles import ChatRoles
 from runtime.lang.choices import ChoiceScore
+from runtime.server.tool_parsers import ToolParser
 
 SCORE_PARAMS = {"max_new_tokens": 0, "temperature": 0.0}  # scoring reads prompt logprobs only
 
@@ -21,6 +25,18 @@ SCORE_PARAMS = {"max_new_tokens": 0, "temperature": 0.0}  # scoring reads prompt
 class Backend(ABC):
     @abstractmethod
     def chat_roles(self) -> ChatRoles: ...
+
+    @abstractmethod
+    def render_chat(self, messages: list[dict], tools: list[dict] | None) -> str:
+        """The chat template's text of `messages` (no generation prompt), tools shown."""
+
+    @abstractmethod
+    def tool_parser(self) -> ToolParser:
+        """The model's tool-call format (the server's parser for its chat template)."""
+
+    def cache_prefix(self, text: str) -> None:
+        """Prefill `text` only, so that requests that continue it read it from the cache."""
+        self.generate(text, SCORE_PARAMS, {})
 
     @abstractmethod
     def generate(self, prompt: str, sampling_params: dict, options: dict) -> list[tuple[str, dict]]:
@@ -79,3 +95,30 @@ def scores_from_logprobs(starts: list[int], logprob_start: int, input_logprobs: 
         scores.append(ChoiceScore(own, uncond))
     return scores
 
+
+
+class ChatBackend(ABC):
+    """A chat-completions API: a program's role blocks become its messages."""
+
+    @abstractmethod
+    def chat_roles(self) -> ChatRoles:
+        """Markers for `s.text()` only (requests carry messages)."""
+
+    @abstractmethod
+    def chat(self, messages: list[dict], sampling_params: dict, options: dict, tools: list[dict] | None = None,
+             tool_choice=None) -> list[tuple[str, list[dict], dict]]:
+        """One (content, tool calls {"id", "name", "arguments": dict}, meta_info) per sample."""
+
+    @abstractmethod
+    def chat_stream(self, messages: list[dict], sampling_params: dict, options: dict) -> Iterator[tuple[str, dict]]:
+        """(new content, meta_info so far) chunks of one sample."""
+
+    @abstractmethod
+    def choose(self, messages: list[dict], choices: list[str]) -> tuple[int, dict]:
+        """(index of the choice the model answers with, meta_info)."""
+
+    def cache_prefix(self, text: str) -> None:
+        pass  # the server caches prefixes of the messages it sees
+
+    def shutdown(self) -> None:
+        pass

@@ -11,6 +11,7 @@ import httpx
 
 from runtime.chat_roles import ChatRoles
 from runtime.lang.backends.base import SCORE_PARAMS, Backend
+from runtime.server.tool_parsers import ToolParser, get_parser
 
 
 class RuntimeEndpoint(Backend):
@@ -38,6 +39,17 @@ class RuntimeEndpoint(Backend):
                                    f"'chat_roles'); role blocks need a radixflow server")
             self._roles = ChatRoles.from_dict(roles)
         return self._roles
+
+    def tool_parser(self) -> ToolParser:
+        name = self.model_info.get("tool_call_parser")
+        if name is None:
+            raise RuntimeError(f"{self.base_url} does not name its tool-call parser (/get_model_info has no "
+                               f"'tool_call_parser'); tools in programs need a radixflow server")
+        return get_parser(name)
+
+    def render_chat(self, messages: list[dict], tools: list[dict] | None) -> str:
+        body = {"messages": messages, "tools": tools, "add_generation_prompt": False}
+        return self._post_or_get("POST", "/tokenize", body)["prompt"]
 
     def generate(self, prompt: str, sampling_params: dict, options: dict) -> list[tuple[str, dict]]:
         out = self._post_or_get("POST", "/generate", {"text": prompt, "sampling_params": sampling_params, **options})

@@ -6,6 +6,8 @@ from collections.abc import Iterator
 
 from runtime.chat_roles import ChatRoles, read_chat_roles
 from runtime.lang.backends.base import SCORE_PARAMS, Backend
+from runtime.server.prompt_tools import messages_with_tools_in_prompt
+from runtime.server.tool_parsers import ToolParser, get_parser
 
 
 class Runtime(Backend):
@@ -15,6 +17,7 @@ class Runtime(Backend):
         self.engine = Engine(model_path, **engine_options)
         self.tokenizer = self.engine.tokenizer
         self._roles: ChatRoles | None = None
+        self._parser: ToolParser | None = None
 
     def __enter__(self) -> "Runtime":
         return self
@@ -33,6 +36,16 @@ class Runtime(Backend):
 
             self._roles = read_chat_roles(render)
         return self._roles
+
+    def tool_parser(self) -> ToolParser:
+        if self._parser is None:
+            self._parser = get_parser("auto", self.tokenizer.chat_template)
+        return self._parser
+
+    def render_chat(self, messages: list[dict], tools: list[dict] | None) -> str:
+        if self.tool_parser().tools_in_prompt:  # the template cannot show tools: as the server does
+            messages, tools = messages_with_tools_in_prompt(messages, tools), None
+        return self.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=False)
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)

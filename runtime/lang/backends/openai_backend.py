@@ -1,0 +1,131 @@
+"""`OpenAI`: any OpenAI-compatible chat-completions server (ours, vLLM, OpenAI's).
+
+A program's role blocks become the request's messages; `gen` must open an assistant
+block (chat APIs cannot continue a half-written reply). Sampling fields that OpenAI
+lacks (top_k, min_p, regex, stop_regex, ...) go in the request body as the extras that
+radixflow, SGLang and vLLM read; `json_schema` becomes a strict `response_format`.
+`select` asks for one of the choices under a regex constraint (no prompt logprobs over
+this API). A server error raises `RuntimeError` with the server's message."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+
+from runtime.chat_roles import ChatRoles
+from runtime.lang.backends.base import ChatBackend
+
+# s.text() of a chat program: one "role: content" line per message
+TRANSCRIPT_ROLES = ChatRoles({r: (f"{r}: ", "\n") for r in ("system", "user", "assistant", "tool")}, "")
+STANDARD = {"max_new_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p", "n": "n",
+            "stop": "stop", "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty"}
+EXTRA = {"top_k": "top_k", "min_p": "min_p", "min_new_tokens": "min_tokens", "ignore_eos": "ignore_eos",
+         "stop_token_ids": "stop_token_ids", "stop_regex": "stop_regex", "regex": "regex"}
+
+
+class OpenAI(ChatBackend):
+    def __init__(self, model: str | None = None, base_url: str | None = None, api_key: str | None = None,
+                 timeout: float = 600.0) -> None:
+        import openai
+
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY", "EMPTY"),
+                                    timeout=timeout)
+        self.model = model or self.client.models.list().data[0].id
+
+    def shutdown(self) -> None:
+        self.client.close()
+
+    def chat_roles(self) -> ChatRoles:
+        return TRANSCRIPT_ROLES
+
+    def _request(self, messages: list[dict], sampling_params: dict, options: dict) -> dict:
+        body: dict = {"model": self.model, "messages": messages}
+        extra: dict = {}
+        for key, value in sampling_params.items():
+            if key in STANDARD:
+                body[STANDARD[key]] = value
+            elif key in EXTRA:
+                extra[EXTRA[key]] = value
+            elif key == "json_schema":
+                schema = json.loads(value) if isinstance(value, str) else value
+                body["response_format"] = {"type": "json_schema",
+                                           "json_schema": {"name": "output", "schema": schema, "strict": True}}
+            else:
+                raise ValueError(f"the OpenAI backend cannot send sampling parameter {key!r}")
+        if options.get("return_logprob"):
+            body["logprobs"] = True
+            body["top_logprobs"] = options.get("top_logprobs_num") or 0
+        if extra:
+            body["extra_body"] = extra
+        return body
+
+    def _create(self, **body):
+        import openai
+
+        try:
+            return self.client.chat.completions.create(**body)
+        except openai.APIStatusError as e:
+            message = e.body.get("message", e.body) if isinstance(e.body, dict) else e.message
+            raise RuntimeError(f"{self.client.base_url} answered {e.status_code}: {message}") from None
+
+    def chat(self, messages: list[dict], sampling_params: dict, options: dict, tools: list[dict] | None = None,
+             tool_choice=None) -> list[tuple[str, list[dict], dict]]:
+        body = self._request(messages, sampling_params, options)
+        if tools:
+            body["tools"] = tools
+            if tool_choice is not None:
+                body["tool_choice"] = (tool_choice if tool_choice in ("auto", "required", "none")
+                                       or isinstance(tool_choice, dict)
+                                       else {"type": "function", "function": {"name": tool_choice}})
+        response = self._create(**body)
+        out = []
+        for choice in response.choices:
+            calls = [{"id": c.id, "name": c.function.name, "arguments": json.loads(c.function.arguments or "{}")}
+                     for c in choice.message.tool_calls or []]
+            meta = _meta(response.id, response.usage, choice.finish_reason)
+            if choice.logprobs is not None and choice.logprobs.content is not None:
+                meta["output_token_logprobs"] = [(t.logprob, None, t.token) for t in choice.logprobs.content]
+                meta["output_top_logprobs"] = [[(x.logprob, None, x.token) for x in t.top_logprobs]
+                                               for t in choice.logprobs.content]
+            out.append((choice.message.content or "", calls, meta))
+        return out
+
+    def chat_stream(self, messages: list[dict], sampling_params: dict, options: dict) -> Iterator[tuple[str, dict]]:
+        body = self._request(messages, sampling_params, options)
+        meta: dict = {"output_token_logprobs": []} if options.get("return_logprob") else {}
+        for chunk in self._create(**body, stream=True, stream_options={"include_usage": True}):
+            if chunk.usage is not None:
+                meta.update(_meta(chunk.id, chunk.usage, meta.get("finish_reason", {}).get("type")))
+            if not chunk.choices:
+                continue
+            choice = chunk.choices[0]
+            if choice.logprobs is not None and choice.logprobs.content:
+                meta["output_token_logprobs"] += [(t.logprob, None, t.token) for t in choice.logprobs.content]
+            if choice.finish_reason is not None:
+                meta["finish_reason"] = {"type": choice.finish_reason}
+            yield choice.delta.content or "", dict(meta)
+
+    def choose(self, messages: list[dict], choices: list[str]) -> tuple[int, dict]:
+        pattern = "(" + "|".join(re.escape(c) for c in choices) + ")"
+        longest = max(len(c) for c in choices)
+        [(content, _, meta)] = self.chat(messages, {"temperature": 0.0, "max_new_tokens": 4 * longest + 16,
+                                                    "regex": pattern}, {})
+        answer = content.strip()
+        if answer not in choices:  # a server that ignored the constraint: the choice it starts with
+            starts = [i for i, c in enumerate(choices) if answer.startswith(c)]
+            if not starts:
+                raise RuntimeError(f"the server answered {content!r}, none of the choices {choices}; it does not "
+                                   f"enforce the 'regex' constraint")
+            return max(starts, key=lambda i: len(choices[i])), meta
+        return choices.index(answer), meta
+
+
+def _meta(rid: str, usage, finish_reason: str | None) -> dict:
+    meta: dict = {"id": rid, "finish_reason": {"type": finish_reason}}
+    if usage is not None:
+        details = getattr(usage, "prompt_tokens_details", None)
+        meta.update(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                    cached_tokens=(getattr(details, "cached_tokens", None) or 0) if details else 0)
+    return meta

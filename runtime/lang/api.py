@@ -35,16 +35,17 @@ def function(func=None, **bound):
 
 
 def gen(name: str | None = None, choices: list[str] | None = None, tools: list | None = None,
-        tool_choice=None, **params) -> Gen:
+        tool_choice=None, parallel_tool_calls: bool = True, **params) -> Gen:
     """Generate into variable `name` (`max_tokens`, `stop`, `temperature`, `regex`,
     `json_schema`, `dtype`, `n`, ...: see `GenParams`); with `choices`, a `select`; with
     `tools` (Python functions or OpenAI tool dicts), the model may call them (`tool_choice`
     "auto"), must call one ("required", or a tool's name) or must not ("none"), and
-    `s[name]` is the list of calls, each {"id", "name", "arguments": dict}."""
+    `s[name]` is the list of calls, each {"id", "name", "arguments": dict} (at most one
+    with parallel_tool_calls=False)."""
     if tool_choice is not None and not tools:
         raise ValueError("gen(tool_choice=...) needs tools=[...]")
     return Gen(name, GenParams.from_kwargs(params, "gen"), list(choices) if choices is not None else None,
-               list(tools) if tools else None, tool_choice)
+               list(tools) if tools else None, tool_choice, parallel_tool_calls)
 
 
 def gen_int(name: str | None = None, **params) -> Gen:

@@ -117,6 +117,7 @@ class Gen(Expr):
     choices: list[str] | None = None  # gen(choices=...) is a select
     tools: list | None = None  # functions / OpenAI tool dicts: the output is held to calls (runtime.lang.tools)
     tool_choice: Any = None  # "auto" (default with tools) | "required" | "none" | a tool name | OpenAI's dict
+    parallel_tool_calls: bool = True  # False: at most one call
 
 
 @dataclass

@@ -14,7 +14,6 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from runtime.lang.backends.base import ChatBackend
 from runtime.lang.ir import DEFAULT_PARAMS, GenParams
 from runtime.lang.state import ProgramState
 
@@ -91,18 +90,24 @@ class Program:
         return await asyncio.to_thread(lambda: self.run_batch(batch_kwargs, **kwargs))
 
     def _prefill_shared_prefix(self, backend, params: GenParams, items: list[dict]) -> None:
-        if len(items) < 2 or isinstance(backend, ChatBackend):
+        if len(items) < 2:
             return
-        texts = [self._trace(backend, params, item) for item in items[:2]]
-        shared = os.path.commonprefix(texts)
+        traced = [self._trace(backend, params, item) for item in items[:2]]
+        if backend.chat_api:  # the messages both items begin with
+            a, b = (state.messages() for state in traced)
+            shared = a[:next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))]
+            if shared:
+                backend.cache_prefix(shared)
+            return
+        shared = os.path.commonprefix([state.text() for state in traced])
         if len(shared) >= MIN_HINT_CHARS:
             backend.cache_prefix(shared)
 
-    def _trace(self, backend, params: GenParams, arguments: dict) -> str:
-        """The text the program writes before its first gen/select."""
+    def _trace(self, backend, params: GenParams, arguments: dict) -> ProgramState:
+        """The program's state at its first gen/select."""
         state = ProgramState(_TracingBackend(backend), params)
         _execute(self.func, state, (), arguments)
-        return state.text()
+        return state
 
 
 def _execute(func, state: ProgramState, args: tuple, kwargs: dict) -> None:
@@ -125,7 +130,7 @@ class _TracingBackend:
     """Knows the chat roles; stops the program at its first model call."""
 
     def __init__(self, backend) -> None:
-        self.chat_roles = backend.chat_roles
+        self.chat_roles, self.chat_api = backend.chat_roles, backend.chat_api
 
     def __getattr__(self, name: str):
         raise _StopTrace()

@@ -26,7 +26,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from runtime.chat_roles import SENTINEL
-from runtime.lang.backends.base import ChatBackend
 from runtime.lang.choices import resolve_method
 from runtime.lang.ir import (
     DEFAULT_PARAMS,
@@ -90,7 +89,7 @@ class ProgramState:
 
     @property
     def _chat_api(self) -> bool:
-        return isinstance(self.backend, ChatBackend)
+        return self.backend.chat_api
 
     def _concat(self, expr: Concat) -> None:
         for item in expr.items:
@@ -128,7 +127,7 @@ class ProgramState:
         model's own format; `s[name]` is the list of calls."""
         tools, parser = tool_dicts(expr.tools), self.backend.tool_parser()
         self._show_tools(tools)
-        plan = call_plan(parser, tools, expr.tool_choice)
+        plan = call_plan(parser, tools, expr.tool_choice, expr.parallel_tool_calls)
         sampling, options = params.to_engine()
         if sampling.get("n", 1) != 1:
             raise ValueError("gen(tools=...) makes one sample; n must be 1")
@@ -142,6 +141,8 @@ class ProgramState:
         [(text, meta)] = self.backend.generate(self._text, sampling, options)
         self._append(text + (plan.closing if plan else ""), expr.name)
         content, calls = parse_calls(parser, self._text[start:])
+        if not expr.parallel_tool_calls:
+            calls = calls[:1]
         self._turn_calls.append((start, len(self._text), content or "", calls))
         self._set_result(expr.name, [calls], [{**meta, "content": content,
                                                "tool_calls": [openai_tool_call(c) for c in calls]}])
@@ -181,7 +182,8 @@ class ProgramState:
                 self._append(delta, name)
                 self._set_result(name, [value], [meta])
             return
-        results = self.backend.chat(self._messages, sampling, options, tools, expr.tool_choice)
+        results = self.backend.chat(self._messages, sampling, options, tools, expr.tool_choice,
+                                    expr.parallel_tool_calls)
         content, calls, _ = results[0]
         start = len(self._text)
         self._append(content + (format_calls([openai_tool_call(c) for c in calls]) if calls else ""), name)
@@ -249,8 +251,23 @@ class ProgramState:
         self._messages.append(message)
         self._role = None
         self._append(self.backend.chat_roles().markers[expr.role][1])
+        if calls and expr.role == "assistant" and not self._chat_api:
+            self._render_call_turn(message)
         if self._head_end == -1:
             self._head_end, self._system_content = len(self._text), message["content"]
+
+    def _render_call_turn(self, message: dict) -> None:
+        """Re-write the assistant turn that made tool calls as the chat template renders it
+        (the history the model was trained on, and what a server would render from
+        messages), instead of the whitespace the grammar let the model write."""
+        base = [{"role": "user", "content": "U"}]
+        before, after = self.backend.render_chat(base, None), self.backend.render_chat(base + [message], None)
+        turn_start = self._role_start - len(self.backend.chat_roles().markers["assistant"][0])
+        if after.startswith(before) and self._text[turn_start:self._role_start] == after[len(before):][
+                :self._role_start - turn_start]:
+            with self._cond:
+                self._text = self._text[:turn_start] + after[len(before):]
+            self._cached_len = min(self._cached_len, turn_start)
 
     def _turn_content(self) -> str:
         """The open role's text, each tool-call span replaced by its content outside the calls."""
@@ -342,7 +359,7 @@ class ProgramState:
         if size < 1:
             raise ValueError(f"fork size must be >= 1, got {size}")
         if len(self._text) > self._cached_len:
-            self.backend.cache_prefix(self._text)
+            self.backend.cache_prefix(self._messages if self._chat_api else self._text)
             self._cached_len = len(self._text)
         return ForkGroup(self, [self.copy() for _ in range(size)])
 

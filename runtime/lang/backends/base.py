@@ -23,6 +23,8 @@ SCORE_PARAMS = {"max_new_tokens": 0, "temperature": 0.0}  # scoring reads prompt
 
 
 class Backend(ABC):
+    chat_api = False  # requests carry prompt text
+
     @abstractmethod
     def chat_roles(self) -> ChatRoles: ...
 
@@ -100,13 +102,15 @@ def scores_from_logprobs(starts: list[int], logprob_start: int, input_logprobs: 
 class ChatBackend(ABC):
     """A chat-completions API: a program's role blocks become its messages."""
 
+    chat_api = True
+
     @abstractmethod
     def chat_roles(self) -> ChatRoles:
         """Markers for `s.text()` only (requests carry messages)."""
 
     @abstractmethod
     def chat(self, messages: list[dict], sampling_params: dict, options: dict, tools: list[dict] | None = None,
-             tool_choice=None) -> list[tuple[str, list[dict], dict]]:
+             tool_choice=None, parallel_tool_calls: bool = True) -> list[tuple[str, list[dict], dict]]:
         """One (content, tool calls {"id", "name", "arguments": dict}, meta_info) per sample."""
 
     @abstractmethod
@@ -117,8 +121,8 @@ class ChatBackend(ABC):
     def choose(self, messages: list[dict], choices: list[str]) -> tuple[int, dict]:
         """(index of the choice the model answers with, meta_info)."""
 
-    def cache_prefix(self, text: str) -> None:
-        pass  # the server caches prefixes of the messages it sees
+    def cache_prefix(self, messages: list[dict]) -> None:
+        """Prefill `messages` only, so that requests that continue them read them from the cache."""
 
     def shutdown(self) -> None:
         pass

@@ -33,6 +33,7 @@ class OpenAI(ChatBackend):
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY", "EMPTY"),
                                     timeout=timeout)
         self.model = model or self.client.models.list().data[0].id
+        self.prefill_hints = True  # off once the server refuses max_tokens=0
 
     def shutdown(self) -> None:
         self.client.close()
@@ -71,10 +72,10 @@ class OpenAI(ChatBackend):
             raise RuntimeError(f"{self.client.base_url} answered {e.status_code}: {message}") from None
 
     def chat(self, messages: list[dict], sampling_params: dict, options: dict, tools: list[dict] | None = None,
-             tool_choice=None) -> list[tuple[str, list[dict], dict]]:
+             tool_choice=None, parallel_tool_calls: bool = True) -> list[tuple[str, list[dict], dict]]:
         body = self._request(messages, sampling_params, options)
         if tools:
-            body["tools"] = tools
+            body["tools"], body["parallel_tool_calls"] = tools, parallel_tool_calls
             if tool_choice is not None:
                 body["tool_choice"] = (tool_choice if tool_choice in ("auto", "required", "none")
                                        or isinstance(tool_choice, dict)
@@ -106,6 +107,14 @@ class OpenAI(ChatBackend):
             if choice.finish_reason is not None:
                 meta["finish_reason"] = {"type": choice.finish_reason}
             yield choice.delta.content or "", dict(meta)
+
+    def cache_prefix(self, messages: list[dict]) -> None:
+        if not self.prefill_hints:
+            return
+        try:
+            self.chat(messages, {"max_new_tokens": 0, "temperature": 0.0}, {})
+        except RuntimeError:
+            self.prefill_hints = False  # e.g. OpenAI's API: max_tokens must be >= 1
 
     def choose(self, messages: list[dict], choices: list[str]) -> tuple[int, dict]:
         pattern = "(" + "|".join(re.escape(c) for c in choices) + ")"

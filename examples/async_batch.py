@@ -12,7 +12,7 @@ import runtime as rt
 def few_shot(s, question):
     s += "Answer each question with one word.\n"
     s += "Q: What is the capital of Germany?\nA: Berlin\n"
-    s += "Q: " + question + "\nA:" + rt.gen("answer", max_tokens=8, stop="\n")
+    s += "Q: " + question + "\nA:" + rt.gen("answer", max_tokens=8, stop="\n", temperature=0)
 
 
 async def ask_all(backend, countries):

@@ -18,7 +18,7 @@ SCHEMA = {"type": "object",
 @rt.function
 def extract(s, passage):
     s += rt.user(f"Extract the name, birth city and birth year from this text as JSON.\n\nText: {passage}")
-    s += rt.assistant(rt.gen("record", json_schema=json.dumps(SCHEMA), max_tokens=64))
+    s += rt.assistant(rt.gen("record", json_schema=json.dumps(SCHEMA), max_tokens=64, temperature=0))
 
 
 def main():

@@ -14,7 +14,7 @@ def chat(s, questions):
     s += rt.system("You are a helpful assistant.")
     for i, question in enumerate(questions):
         s += rt.user(question)
-        s += rt.assistant(rt.gen(f"answer_{i}", max_tokens=48))
+        s += rt.assistant(rt.gen(f"answer_{i}", max_tokens=48, temperature=0))
 
 
 def main():

@@ -9,7 +9,7 @@ import runtime as rt
 @rt.function
 def capital(s, country):
     s += rt.user(f"What is the capital of {country}?")
-    s += rt.assistant(rt.gen("answer", max_tokens=32))
+    s += rt.assistant(rt.gen("answer", max_tokens=32, temperature=0))
 
 
 def main():

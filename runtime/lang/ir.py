@@ -79,7 +79,7 @@ class GenParams:
         return sp, options
 
 
-DEFAULT_PARAMS = GenParams(max_tokens=128, temperature=0.0)  # the frontend's defaults (SGLang: greedy)
+DEFAULT_PARAMS = GenParams(max_tokens=128, temperature=1.0)  # SGLang's defaults: sampling, unless asked otherwise
 
 
 class Expr:

@@ -27,19 +27,33 @@ def server():
     stop_server(server)
 
 
-@pytest.fixture(scope="module", params=["runtime", "endpoint", "openai"])
-def backend(request, server):
-    backend = {"runtime": rt.Runtime, "endpoint": lambda: rt.RuntimeEndpoint(server.url),
-               "openai": lambda: rt.OpenAI(base_url=f"{server.url}/v1")}[request.param]()
-    yield backend
-    backend.shutdown()
+@pytest.fixture(scope="module")
+def backends(server):
+    """Each kind of backend, made once for the module."""
+    made = {}
+    makers = {"runtime": rt.Runtime, "endpoint": lambda: rt.RuntimeEndpoint(server.url),
+              "openai": lambda: rt.OpenAI(base_url=f"{server.url}/v1")}
+
+    def get(kind: str):
+        if kind not in made:
+            made[kind] = makers[kind]()
+        return made[kind]
+
+    yield get
+    for backend in made.values():
+        backend.shutdown()
 
 
-@pytest.fixture
-def text_backend(backend):
-    if isinstance(backend, rt.OpenAI):
-        pytest.skip("a chat API takes messages: no text outside role blocks, no prompt logprobs")
-    return backend
+@pytest.fixture(params=["runtime", "endpoint", "openai"])
+def backend(request, backends):
+    return backends(request.param)
+
+
+@pytest.fixture(params=["runtime", "endpoint"])
+def text_backend(request, backends):
+    """Text backends only: a chat API takes messages (no text outside role blocks) and
+    offers no prompt logprobs."""
+    return backends(request.param)
 
 
 @rt.function
@@ -58,10 +72,10 @@ def chat_qa(s, question):
 
 def test_few_shot_qa_run_and_batch(text_backend):
     backend = text_backend
-    state = few_shot_qa.run(question="What is the capital of France?", backend=backend)
+    state = few_shot_qa.run(question="What is the capital of France?", backend=backend, temperature=0)
     assert state["answer"].strip() == "Paris"
     states = few_shot_qa.run_batch([{"question": f"What is the capital of {c}?"} for c in ("France", "Italy")],
-                                   backend=backend, progress_bar=True)
+                                   backend=backend, temperature=0, progress_bar=True)
     assert [s["answer"].strip() for s in states] == ["Paris", "Rome"]
     # the batch's shared few-shot prefix was prefilled once: both items read it from the cache
     shared = len(backend_tokens(backend, "Answer each question with one word.\nQ: What is the capital of Germany?"))
@@ -81,9 +95,10 @@ def few_shot_chat(s, question):
 
 
 def test_few_shot_chat_run_and_batch(backend):
-    assert few_shot_chat.run(question="What is the capital of France?", backend=backend)["answer"].strip() == "Paris"
+    state = few_shot_chat.run(question="What is the capital of France?", backend=backend, temperature=0)
+    assert state["answer"].strip() == "Paris"
     states = few_shot_chat.run_batch([{"question": f"What is the capital of {c}?"} for c in ("Japan", "China")],
-                                     backend=backend)
+                                     backend=backend, temperature=0)
     assert [s["answer"].strip() for s in states] == ["Tokyo", "Beijing"]
     # every item read the shared few-shot turns from the cache
     assert all(s.get_meta_info("answer")["cached_tokens"] >= 40 for s in states)
@@ -100,7 +115,7 @@ def test_multi_turn_chat_with_roles(backend):
         with s.assistant():
             s += rt.gen("second", max_tokens=32)
 
-    state = chat.run(backend=backend)
+    state = chat.run(backend=backend, temperature=0)
     assert "Paris" in state["first"] and "Eiffel" in state["second"]
     roles = [m["role"] for m in state.messages()]
     assert roles == ["system", "user", "assistant", "user", "assistant"]
@@ -122,7 +137,7 @@ def test_select_methods(text_backend, method):
         s += "Q: What is the capital of France?\nA: The capital of France is"
         s += rt.select("city", choices=[" Paris", " London", " Tokyo"], choices_method=getattr(rt, method))
 
-    state = pick.run(backend=backend)
+    state = pick.run(backend=backend, temperature=0)
     assert state["city"] == " Paris"
     meta = state.get_meta_info("city")
     assert meta["choices_method"] == method and len(meta["normalized_prompt_logprobs"]) == 3
@@ -141,7 +156,7 @@ def test_gen_int_dtype_regex_and_json_schema(backend):
         s += rt.user("Extract the city and country as JSON: I live in Paris, France.")
         s += rt.assistant(rt.gen("place", json_schema=json.dumps(schema), max_tokens=40))
 
-    state = typed.run(backend=backend)
+    state = typed.run(backend=backend, temperature=0)
     assert isinstance(int(state["legs"]), int)  # constrained to an integer (the 135M model miscounts legs)
     assert re.fullmatch(IP_REGEX, state["ip"])
     assert state["wet"] in ("True", "False")
@@ -160,7 +175,7 @@ def test_variables_read_mid_program_and_var_scope(backend):
             s += f"In which country is {city}?"
         s += rt.assistant(rt.gen("country", max_tokens=24))
 
-    state = two_steps.run(backend=backend)
+    state = two_steps.run(backend=backend, temperature=0)
     city = state["city"].strip().split()[-1]
     assert state["question"] == f"In which country is {city}?"
     assert state.messages()[-2] == {"role": "user", "content": f"In which country is {city}?"}
@@ -178,7 +193,7 @@ def test_fork_join_reads_the_prefix_from_the_cache(backend):
         forks += lambda i: rt.assistant(rt.gen("tip", max_tokens=16, temperature=0.8, top_p=0.95))
         forks.join()
 
-    state = tips.run(backend=backend)
+    state = tips.run(backend=backend, temperature=0)
     assert len(state["tip"]) == 5 and all(isinstance(t, str) and t for t in state["tip"])
     metas = state.get_meta_info("tip")
     for meta in metas:  # the shared system + user turn came from the cache
@@ -187,12 +202,12 @@ def test_fork_join_reads_the_prefix_from_the_cache(backend):
 
 
 def test_streaming_text_iter_and_async_iter(backend):
-    state = chat_qa.run(question="Tell me a short story about a cat.", stream=True, backend=backend)
+    state = chat_qa.run(question="Tell me a short story about a cat.", stream=True, backend=backend, temperature=0)
     pieces = list(state.text_iter("answer"))
     assert len(pieces) > 3 and "".join(pieces) == state["answer"]
 
     async def collect():
-        s = chat_qa.run(question="Tell me a short story about a dog.", stream=True, backend=backend,
+        s = chat_qa.run(question="Tell me a short story about a dog.", stream=True, backend=backend, temperature=0,
                         return_logprob=True)
         return [item async for item in s.text_async_iter("answer", return_meta_data=True)], s
 
@@ -205,7 +220,7 @@ def test_run_async_many_at_once(backend):
     questions = [f"What is {a} plus {a}?" for a in range(16)]
 
     async def main():
-        return await asyncio.gather(*[chat_qa.run_async(question=q, backend=backend, max_new_tokens=8)
+        return await asyncio.gather(*[chat_qa.run_async(question=q, backend=backend, temperature=0, max_new_tokens=8)
                                       for q in questions])
 
     states = asyncio.run(main())
@@ -219,11 +234,11 @@ def test_batch_item_errors_stay_in_their_state(backend):
         if fail:
             raise ValueError("boom")
 
-    ok, bad = maybe_fail.run_batch([{"fail": False}, {"fail": True}], backend=backend)
+    ok, bad = maybe_fail.run_batch([{"fail": False}, {"fail": True}], backend=backend, temperature=0)
     assert ok.error() is None and ok["x"]
     assert isinstance(bad.error(), ValueError)
     with pytest.raises(ValueError, match="boom"):
-        maybe_fail.run(fail=True, backend=backend)
+        maybe_fail.run(fail=True, backend=backend, temperature=0)
 
 
 def test_text_only(backend):
@@ -251,7 +266,7 @@ def test_tools_inside_gen_give_parsed_calls_and_a_tool_loop(backend, tool_choice
             s += rt.tool(get_weather(**call["arguments"]))
         s += rt.assistant(rt.gen("answer", max_tokens=48))
 
-    state = weather_agent.run(question="What is the weather like in Paris?", backend=backend)
+    state = weather_agent.run(question="What is the weather like in Paris?", backend=backend, temperature=0)
     calls = state["calls"]
     assert len(calls) == 1 and calls[0]["name"] == "get_weather" and calls[0]["arguments"] == {"city": "Paris"}
     assert "22" in state["answer"] and "sunny" in state["answer"], state["answer"]
@@ -270,7 +285,7 @@ def test_tools_auto_lets_the_model_answer_in_text(backend):
         s += rt.user("Say hello.")
         s += rt.assistant(rt.gen("reply", tools=[get_weather], max_tokens=24))
 
-    state = chat_with_tools.run(backend=backend)
+    state = chat_with_tools.run(backend=backend, temperature=0)
     meta = state.get_meta_info("reply")
     assert state["reply"] == [] and meta["content"]  # the 135M model does not call tools unasked
 
@@ -282,7 +297,7 @@ def test_classic_stop_evaluate_continue(text_backend):
         s += "Calculation: " + rt.gen("expr", regex=r"[0-9]+ ?\* ?[0-9]+", max_tokens=12)
         s += " = " + str(eval(s["expr"])) + "\nAnswer:" + rt.gen("answer", max_tokens=12, stop="\n")
 
-    state = calculator.run(backend=text_backend)
+    state = calculator.run(backend=text_backend, temperature=0)
     assert f"= {eval(state['expr'])}\nAnswer:" in state.text() and state["answer"]
 
 
@@ -292,7 +307,7 @@ def test_stop_regex(backend):
         s += rt.user("Count from 1 to 10, separated by commas.")
         s += rt.assistant(rt.gen("numbers", max_tokens=40, stop_regex=r"\b5\b"))
 
-    state = count.run(backend=backend)
+    state = count.run(backend=backend, temperature=0)
     assert "4" in state["numbers"] and "5" not in state["numbers"] and "6" not in state["numbers"]
 
 
@@ -310,7 +325,7 @@ def test_react_loop_with_select(backend):
             s += rt.user(f"Observation: {eval(s[f'expr_{step}'])}. Next action?")
         s += rt.user("Give the final answer.") + rt.assistant(rt.gen("answer", max_tokens=16))
 
-    state = react.run(question="What is 17 plus 25?", backend=backend)
+    state = react.run(question="What is 17 plus 25?", backend=backend, temperature=0)
     actions = [state[k] for k in state.variables if k.startswith("action_")]
     assert actions and set(actions) <= {"calculate", "finish"}
     for k, v in state.variables.items():
@@ -330,5 +345,55 @@ def test_hellaswag_style_select_over_a_batch(backend):
         {"context": "He opened the door with a", "endings": ["banana", "key", "song"]},
         {"context": "To see in the dark, he turned on the", "endings": ["sandwich", "light", "river"]},
     ]
-    states = pick_ending.run_batch(items, backend=backend)
+    states = pick_ending.run_batch(items, backend=backend, temperature=0)
     assert [s["ending"].split()[-1] for s in states] == ["cup.", "key.", "light."]
+
+
+def sglang_programs(sgl):
+    """Programs in SGLang's frontend language, written once against a module `sgl`."""
+
+    @sgl.function
+    def tool_use(s, question):
+        s += "To answer this question: " + question + ". "
+        s += "I need to use a " + sgl.gen("tool", choices=["calculator", "search engine"]) + ". "
+        if s["tool"] == "calculator":
+            s += "The math expression is" + sgl.gen("expression", max_tokens=12, stop="\n")
+        else:
+            s += "The key word to search is" + sgl.gen("word", max_tokens=8, stop="\n")
+
+    @sgl.function
+    def tip_suggestion(s):
+        s += "Here are two tips for staying healthy: 1. Balanced Diet. 2. Regular Exercise.\n\n"
+        forks = s.fork(2)
+        for i, f in enumerate(forks):
+            f += f"Now, expand tip {i + 1} into a paragraph:\n"
+            f += sgl.gen("detailed_tip", max_tokens=24, stop="\n\n")
+        s += "Tip 1:" + forks[0]["detailed_tip"] + "\n"
+        s += "Tip 2:" + forks[1]["detailed_tip"] + "\n"
+        s += "In summary" + sgl.gen("summary", max_tokens=16)
+
+    @sgl.function
+    def regular_expression_gen(s):
+        s += "Q: What is the IP address of the Google DNS servers?\n"
+        s += "A: " + sgl.gen("answer", temperature=0, regex=IP_REGEX)
+
+    return tool_use, tip_suggestion, regular_expression_gen
+
+
+def test_sglang_programs_run_unchanged_and_write_the_same_text(server):
+    """The same SGLang programs through SGLang's own frontend and through ours (only the
+    import differs), greedy, on the same server: the same prompt text and outputs."""
+    import sglang
+
+    theirs, ours = sglang_programs(sglang), sglang_programs(rt)
+    sgl_backend, our_backend = sglang.RuntimeEndpoint(server.url), rt.RuntimeEndpoint(server.url)
+    try:
+        for their_prog, our_prog in zip(theirs, ours):
+            args = {"question": "What is 1234 times 5678?"} if their_prog.func.__name__ == "tool_use" else {}
+            expected = their_prog.run(**args, backend=sgl_backend, temperature=0).text()
+            assert our_prog.run(**args, backend=our_backend, temperature=0).text() == expected
+        batch = [{"question": q} for q in ("What is 12 plus 30?", "Who wrote Hamlet?")]
+        expected = [s.text() for s in theirs[0].run_batch(batch, backend=sgl_backend, temperature=0)]
+        assert [s.text() for s in ours[0].run_batch(batch, backend=our_backend, temperature=0)] == expected
+    finally:
+        our_backend.shutdown()

@@ -141,6 +141,9 @@ class ProgramState:
         [(text, meta)] = self.backend.generate(self._text, sampling, options)
         self._append(text + (plan.closing if plan else ""), expr.name)
         content, calls = parse_calls(parser, self._text[start:])
+        if plan is not None and plan.forced and not calls:  # a forced call that did not finish
+            raise RuntimeError(f"gen {expr.name!r}: the tool call was cut off ({meta.get('finish_reason')}); "
+                               f"raise max_tokens")
         if not expr.parallel_tool_calls:
             calls = calls[:1]
         self._turn_calls.append((start, len(self._text), content or "", calls))
@@ -319,6 +322,8 @@ class ProgramState:
 
     def set_var(self, name: str, value) -> None:
         self.variables[name] = value
+
+    __setitem__ = set_var
 
     def text(self) -> str:
         return self._text

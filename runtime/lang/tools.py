@@ -89,6 +89,7 @@ class CallPlan:
     opening: str  # text the program writes before the model's output
     constraint: dict  # sampling-param constraint
     closing: str  # text the program writes after it
+    forced: bool = False  # the output must be a call (required / named)
 
 
 def call_plan(parser: ToolParser, tools: list[dict], tool_choice, parallel: bool = True) -> CallPlan | None:
@@ -108,7 +109,7 @@ def call_plan(parser: ToolParser, tools: list[dict], tool_choice, parallel: bool
     schema = call_schema(tools, parser.arguments_key)
     if shape == "array":
         schema = {"type": "array", "items": schema, "minItems": 1, **({} if parallel else {"maxItems": 1})}
-    return CallPlan(opening, {"json_schema": json.dumps(schema)}, closing)
+    return CallPlan(opening, {"json_schema": json.dumps(schema)}, closing, forced=True)
 
 
 def parse_calls(parser: ToolParser, text: str) -> tuple[str | None, list[dict]]:

@@ -15,6 +15,8 @@ EXPECTED = {  # script -> text its output must contain
     "json_extraction.py": "'birth_year': 1867",
     "tree_of_thought.py": "best: ",
     "async_batch.py": "'France': 'Paris'",
+    "react_agent.py": "-> 3367",
+    "parallel_tools.py": "call get_weather({'city': 'Tokyo'})",
 }
 
 

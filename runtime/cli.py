@@ -78,11 +78,12 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("bench", help="benchmarks")
     bench = p.add_subparsers(dest="bench", required=True)
-    from runtime.bench import grammar, offline, prefix
+    from runtime.bench import grammar, offline, prefix, programs
 
     offline.add_parser(bench)
     prefix.add_parser(bench)
     grammar.add_parser(bench)
+    programs.add_parser(bench)
     args = parser.parse_args(argv)
     args.func(args)
 

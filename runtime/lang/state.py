@@ -265,11 +265,11 @@ class ProgramState:
         messages), instead of the whitespace the grammar let the model write."""
         base = [{"role": "user", "content": "U"}]
         before, after = self.backend.render_chat(base, None), self.backend.render_chat(base + [message], None)
-        turn_start = self._role_start - len(self.backend.chat_roles().markers["assistant"][0])
-        if after.startswith(before) and self._text[turn_start:self._role_start] == after[len(before):][
-                :self._role_start - turn_start]:
+        block, opening = after[len(before):], self.backend.chat_roles().markers["assistant"][0]
+        if after.startswith(before) and block.startswith(opening):
+            turn_start = self._role_start - len(opening)
             with self._cond:
-                self._text = self._text[:turn_start] + after[len(before):]
+                self._text = self._text[:turn_start] + block
             self._cached_len = min(self._cached_len, turn_start)
 
     def _turn_content(self) -> str:

@@ -397,3 +397,28 @@ def test_sglang_programs_run_unchanged_and_write_the_same_text(server):
         assert [s.text() for s in ours[0].run_batch(batch, backend=our_backend, temperature=0)] == expected
     finally:
         our_backend.shutdown()
+
+
+def test_fork_before_any_text_and_n_samples(backend):
+    @rt.function
+    def two_ways(s):
+        forks = s.fork(2)  # nothing written yet
+        for i, f in enumerate(forks):
+            f += rt.user(f"Name a {['fruit', 'colour'][i]}.") + rt.assistant(rt.gen("word", max_tokens=8))
+        forks.join()
+        s += rt.user("Name an animal.") + rt.assistant(rt.gen("animals", n=3, max_tokens=8, temperature=1.0))
+
+    state = two_ways.run(backend=backend, temperature=0)
+    assert len(state["word"]) == 2 and all(state["word"])
+    assert len(state["animals"]) == 3 and len(state.get_meta_info("animals")) == 3
+
+
+def test_a_server_error_raises_with_the_server_message(backend):
+    @rt.function
+    def bad_regex(s):
+        s += rt.user("Hi") + rt.assistant(rt.gen("x", regex="(unclosed", max_tokens=4))
+
+    # in-process the engine's abort message; over HTTP the server's 400 and its message
+    message = "aborted the request: .*regex" if isinstance(backend, rt.Runtime) else "answered 400: .*regex"
+    with pytest.raises(RuntimeError, match=message):
+        bad_regex.run(backend=backend)

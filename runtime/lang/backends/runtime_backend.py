@@ -52,12 +52,12 @@ class Runtime(Backend):
 
     def generate(self, prompt: str, sampling_params: dict, options: dict) -> list[tuple[str, dict]]:
         out = self.engine.generate(input_ids=self._encode(prompt), sampling_params=sampling_params, **options)
-        return [(r["text"], r["meta_info"]) for r in (out if isinstance(out, list) else [out])]
+        return [(r["text"], _checked(r["meta_info"])) for r in (out if isinstance(out, list) else [out])]
 
     def generate_stream(self, prompt: str, sampling_params: dict, options: dict) -> Iterator[tuple[str, dict]]:
         for chunk in self.engine.generate(input_ids=self._encode(prompt), sampling_params=sampling_params,
                                           stream=True, **options):
-            yield chunk["delta"], chunk["meta_info"]
+            yield chunk["delta"], _checked(chunk["meta_info"])
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         return [self._encode(t) for t in texts]
@@ -65,4 +65,12 @@ class Runtime(Backend):
     def prompt_logprobs(self, input_ids: list[list[int]], start: int) -> list[list]:
         results = self.engine.generate(input_ids=input_ids, sampling_params=[SCORE_PARAMS] * len(input_ids),
                                        return_logprob=True, logprob_start_len=start)
-        return [r["meta_info"]["input_token_logprobs"] for r in results]
+        return [_checked(r["meta_info"])["input_token_logprobs"] for r in results]
+
+
+def _checked(meta: dict) -> dict:
+    """`meta`, unless the engine aborted the request (a bad grammar, a shutdown): then raise."""
+    reason = meta.get("finish_reason") or {}
+    if reason.get("type") == "abort":
+        raise RuntimeError(f"the engine aborted the request: {reason.get('message') or 'no reason given'}")
+    return meta

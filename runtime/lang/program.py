@@ -94,10 +94,13 @@ class Program:
             return
         traced = [self._trace(backend, params, item) for item in items[:2]]
         if backend.chat_api:  # the messages both items begin with
-            a, b = (state.messages() for state in traced)
-            shared = a[:next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))]
-            if shared:
-                backend.cache_prefix(shared)
+            shared_messages = []
+            for x, y in zip(*(state.messages() for state in traced)):
+                if x != y:
+                    break
+                shared_messages.append(x)
+            if shared_messages:
+                backend.cache_prefix(shared_messages)
             return
         shared = os.path.commonprefix([state.text() for state in traced])
         if len(shared) >= MIN_HINT_CHARS:

@@ -98,7 +98,6 @@ def scores_from_logprobs(starts: list[int], logprob_start: int, input_logprobs: 
     return scores
 
 
-
 class ChatBackend(ABC):
     """A chat-completions API: a program's role blocks become its messages."""
 

@@ -131,6 +131,10 @@ class SamplingParams:
             raise ValueError("only one of json_schema, regex, ebnf, structural_tag may be set")
 
 
+class EngineDeadError(RuntimeError):
+    """The engine process is gone (killed, crashed, or shut down): nothing can run."""
+
+
 def new_rid() -> str:
     return uuid.uuid4().hex
 

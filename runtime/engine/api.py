@@ -1,12 +1,13 @@
-"""`runtime.Engine`: the offline API. The scheduler and model run in a child process;
-this process tokenizes, validates, detokenizes and matches stop strings."""
+"""`runtime.Engine`: the offline API. The scheduler and model run in a child process
+(`runtime.engine.process`); this process tokenizes, validates, detokenizes and matches
+stops. If the child dies, the reader thread sees EOF at once: every pending request ends
+with an abort naming why, and new ones raise `EngineDeadError`."""
 
 from __future__ import annotations
 
 import asyncio
 import atexit
 import logging
-import multiprocessing as mp
 import queue
 import threading
 import time
@@ -19,6 +20,7 @@ from runtime.core import (
     AbortRequest,
     ControlReply,
     ControlRequest,
+    EngineDeadError,
     EngineFailed,
     EngineReady,
     GenerateRequest,
@@ -27,8 +29,8 @@ from runtime.core import (
     new_rid,
 )
 from runtime.engine.detokenizer import IncrementalDetokenizer
-from runtime.engine.engine_loop import run_engine_process
 from runtime.engine.output_processor import RequestState
+from runtime.engine.process import EngineProcess
 from runtime.models.resolve import resolve_model
 
 logger = logging.getLogger("radixflow")
@@ -59,55 +61,74 @@ class Engine:
         self.model_path = resolved.path  # the checkpoint directory loaded (a GGUF's converted copy)
         self.served_model_name = resolved.served_name
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        ctx = mp.get_context("spawn")
-        self._inbox, self._outbox = ctx.Queue(), ctx.Queue()
-        self._proc = ctx.Process(target=run_engine_process, daemon=True, name="radixflow-engine",
-                                 args=(self.config, self.model_path, self._inbox, self._outbox))
-        self._proc.start()
+        self._process = EngineProcess(self.config, self.model_path)
         self.info = self._wait_ready()
         self._states: dict[str, tuple[RequestState, _Waiter]] = {}
         self._replies: dict[str, _Waiter] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._gone: str | None = None  # why the engine process is gone
         self._reader = threading.Thread(target=self._read_outputs, daemon=True, name="radixflow-reader")
         self._reader.start()
-        self._finalizer = weakref.finalize(self, _stop_process, self._proc, self._inbox)
+        self._finalizer = weakref.finalize(self, self._process.stop)
         atexit.register(self.shutdown)
 
     def _wait_ready(self) -> dict:
         deadline = time.time() + STARTUP_TIMEOUT_S
         while time.time() < deadline:
             try:
-                msg = self._outbox.get(timeout=1.0)
-            except queue.Empty:
-                if not self._proc.is_alive():
-                    raise RuntimeError(f"engine process exited with code {self._proc.exitcode}")
-                continue
+                msg = self._process.recv(timeout=1.0)
+            except (EOFError, OSError):
+                self._process.stop()
+                raise RuntimeError(f"engine process exited ({self._process.exit_reason()})") from None
             if isinstance(msg, EngineFailed):
-                self._proc.join(5)
+                self._process.stop()
                 raise RuntimeError(f"engine failed to start: {msg.error}")
             if isinstance(msg, EngineReady):
                 return msg.info
+        self._process.stop()
         raise RuntimeError("engine did not start in time")
+
+    def is_alive(self) -> bool:
+        """Whether requests can run: not shut down and the engine process is up."""
+        return not self._closed and self._gone is None and self._process.is_alive()
 
     # ---- output routing (reader thread) -----------------------------------
     def _read_outputs(self) -> None:
         while True:
             try:
-                msg = self._outbox.get()
-            except (EOFError, OSError, ValueError):
+                msg = self._process.recv()
+            except (EOFError, OSError):
                 break
-            items = msg if isinstance(msg, list) else [msg]
-            for item in items:
+            for item in msg if isinstance(msg, list) else [msg]:
                 if isinstance(item, ControlReply):
                     waiter = self._replies.pop(item.request_id, None)
                     if waiter:
                         waiter.put(item)
-                    elif self._closed:
-                        return
                 elif isinstance(item, TokenOut):
                     self._route(item)
-        self._fail_pending("the engine process stopped")
+        self._engine_gone()
+
+    def _engine_gone(self) -> None:
+        """The connection closed: end everything pending with the reason."""
+        if self._closed:
+            reason = "the engine was shut down"
+        else:
+            reason = f"the engine process stopped ({self._process.exit_reason()})"
+            logger.error("%s; pending requests fail, new ones are refused", reason)
+        self._gone = reason
+        self._fail_pending(reason)
+        for waiter in list(self._replies.values()):
+            waiter.put(EngineDeadError(reason))
+        self._replies.clear()
+
+    def _send(self, msg) -> None:
+        """To the engine process; aborts for a gone engine are dropped (nothing to free)."""
+        try:
+            self._process.send(msg)
+        except EngineDeadError:
+            if not isinstance(msg, AbortRequest):
+                raise
 
     def _route(self, out: TokenOut) -> None:
         with self._lock:
@@ -116,7 +137,7 @@ class Engine:
             return  # already ended here (stop string) or unknown
         state, waiter = entry
         if state.apply(out, self.tokenizer):
-            self._inbox.put(AbortRequest(out.rid))  # stop string: free its KV in the engine
+            self._send(AbortRequest(out.rid))  # a stop matched: free its KV in the engine
         if state.finished:
             with self._lock:
                 self._states.pop(out.rid, None)
@@ -136,8 +157,8 @@ class Engine:
                  top_logprobs_num, stream, rid, cache_salt) -> list[GenerateRequest]:
         """Validate and tokenize one prompt; n > 1 becomes n requests (they share the
         prompt's KV through the prefix cache)."""
-        if self._closed:
-            raise RuntimeError("the engine has been shut down")
+        if self._closed or self._gone:
+            raise EngineDeadError(self._gone or "the engine has been shut down")
         params = sampling_params if isinstance(sampling_params, SamplingParams) else \
             SamplingParams.from_dict(sampling_params)
         vocab = self.info["vocab_size"]
@@ -187,7 +208,12 @@ class Engine:
             if req.rid in self._states:
                 raise ValueError(f"duplicate request id {req.rid!r}")
             self._states[req.rid] = (state, waiter)
-        self._inbox.put(req)
+        try:
+            self._send(req)
+        except EngineDeadError:
+            with self._lock:
+                self._states.pop(req.rid, None)
+            raise
         return state, waiter
 
     def _normalize_batch(self, prompt, input_ids, sampling_params) -> tuple[list, list, list, bool]:
@@ -292,19 +318,25 @@ class Engine:
         with self._lock:
             rids = [r for r in self._states if r == rid or r.startswith(f"{rid}-")]
         for r in rids:
-            self._inbox.put(AbortRequest(r))
+            self._send(AbortRequest(r))
 
     # ---- control ------------------------------------------------------------
     def _control(self, kind: str, timeout: float = 60.0, **args) -> ControlReply:
+        if self._closed or self._gone:
+            raise EngineDeadError(self._gone or "the engine has been shut down")
         request_id = uuid.uuid4().hex
         waiter = _Waiter(None)
         self._replies[request_id] = waiter
-        self._inbox.put(ControlRequest(request_id, kind, args))
         try:
-            return waiter.queue.get(timeout=timeout)
+            self._send(ControlRequest(request_id, kind, args))
+            reply = waiter.queue.get(timeout=timeout)
         except queue.Empty:
-            self._replies.pop(request_id, None)
             raise RuntimeError(f"engine did not answer {kind!r} within {timeout}s") from None
+        finally:
+            self._replies.pop(request_id, None)
+        if isinstance(reply, EngineDeadError):
+            raise reply
+        return reply
 
     def get_server_info(self) -> dict:
         return self._control("get_info").result
@@ -326,12 +358,17 @@ class Engine:
             raise AssertionError(reply.error)
         return reply.result
 
+    def inject_fault(self, kind: str) -> None:
+        """Tests only (the engine process must run with RADIXFLOW_TEST_HOOKS=1):
+        "crash_engine" (it exits at once) or "fail_next_step" (its next step raises)."""
+        self._send(ControlRequest(uuid.uuid4().hex, kind))
+
     def shutdown(self) -> None:
         if self._closed:
             return
         self._closed = True
         atexit.unregister(self.shutdown)
-        _stop_process(self._proc, self._inbox)
+        self._process.stop()
         self._fail_pending("the engine was shut down")
 
     def __enter__(self) -> "Engine":
@@ -349,16 +386,3 @@ def _next_chunk(state: RequestState, sent: int, finished: bool, return_logprob: 
         return result, len(result["text"])
     return None, sent
 
-
-def _stop_process(proc, inbox) -> None:
-    if proc.is_alive():
-        try:
-            inbox.put(ControlRequest("stop", "shutdown"))
-        except (OSError, ValueError):
-            pass
-    proc.join(10)
-    if proc.is_alive():
-        proc.terminate()
-        proc.join(5)
-    if proc.is_alive():
-        proc.kill()

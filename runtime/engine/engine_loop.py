@@ -1,15 +1,16 @@
-"""The engine process: scheduler + model runner in a loop, fed by typed messages.
+"""The engine process: scheduler + model runner in a loop, fed by typed messages over
+its connection to the parent (`runtime.engine.process`).
 
-Inbox: GenerateRequest | AbortRequest | ControlRequest. Outbox: EngineReady |
-EngineFailed first, then lists of TokenOut (one list per step) and ControlReply.
-The loop never waits on anything but its inbox, and only when it has no work.
+In: GenerateRequest | AbortRequest | ControlRequest. Out: EngineReady | EngineFailed
+first, then lists of TokenOut (one list per step) and ControlReply. The loop waits on
+nothing but the connection, and only when it has no work. The parent going away (EOF)
+ends it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
 import time
 import traceback
 
@@ -55,6 +56,7 @@ class EngineCore:
         self.scheduler = Scheduler(cfg, self.runner, self.runner.pool, self.runner.table, self.cache,
                                    self.runner.context_len, mc.eos_token_ids, self.grammars)
         self.step_times: list[dict] = []  # per step: mode, batch_size, start, wall s, forward s (bench only)
+        self.fail_next_step = False  # the "fail_next_step" test hook
 
     def info(self) -> dict:
         mc, pool = self.runner.model_config, self.runner.pool
@@ -131,27 +133,31 @@ class EngineCore:
         return outs
 
 
-def run_engine_process(cfg: EngineConfig, model_path: str, inbox, outbox) -> None:
+def run_engine_process(cfg: EngineConfig, model_path: str, conn) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s engine %(levelname)s %(message)s")
     try:
         core = EngineCore(cfg, model_path)
     except Exception as e:  # report, don't hang the parent
-        outbox.put(EngineFailed(f"{type(e).__name__}: {e}"))
+        conn.send(EngineFailed(f"{type(e).__name__}: {e}"))
         return
-    outbox.put(EngineReady(core.info()))
-    parent_pid = os.getppid()
+    conn.send(EngineReady(core.info()))
+    try:
+        _loop(core, conn)
+    except (EOFError, OSError):
+        return  # the parent is gone
+
+
+def _loop(core: EngineCore, conn) -> None:
     while True:
-        if os.getppid() != parent_pid:
-            return  # parent is gone (even while busy: never outlive it)
-        try:
-            msgs = _drain(inbox, block=not core.scheduler.has_work, parent_pid=parent_pid)
-        except (EOFError, OSError):
-            return  # parent is gone
+        msgs = _drain(conn, block=not core.scheduler.has_work)
         outs: list = []
         for msg in msgs:
             if isinstance(msg, ControlRequest) and msg.kind == "shutdown":
-                outbox.put([ControlReply(msg.request_id, True)])
+                conn.send([ControlReply(msg.request_id, True)])
                 return
+            if isinstance(msg, ControlRequest) and msg.kind in FAULTS:
+                FAULTS[msg.kind](core)
+                continue
             try:
                 outs += core.handle(msg)
             except Exception as e:
@@ -160,27 +166,37 @@ def run_engine_process(cfg: EngineConfig, model_path: str, inbox, outbox) -> Non
                     from runtime.core import TokenOut
                     outs.append(TokenOut(msg.rid, [], "", True, FinishReason(FinishKind.ABORT, message=str(e))))
         try:
+            if core.fail_next_step:
+                core.fail_next_step = False
+                raise RuntimeError("injected fault (a test hook)")
             outs += core.step()
         except Exception as e:
             logger.error("engine step failed:\n%s", traceback.format_exc())
             outs += core.fail_all(f"{type(e).__name__}: {e}")
         if outs:
-            outbox.put(outs)
+            conn.send(outs)
         if core.scheduler.last_batch is None and core.scheduler.has_work:
             time.sleep(0.002)  # only grammars compiling: don't spin against the compile thread
 
 
-def _drain(inbox, block: bool, parent_pid: int) -> list:
+def _drain(conn, block: bool) -> list:
+    """Every message waiting; when idle, wait for one (EOFError: the parent is gone)."""
     msgs = []
-    while block:  # idle: wait, but notice a parent that died without saying goodbye
-        try:
-            msgs.append(inbox.get(timeout=1.0))
-            break
-        except queue.Empty:
-            if os.getppid() != parent_pid:
-                raise EOFError("parent process is gone")
-    while True:
-        try:
-            msgs.append(inbox.get_nowait())
-        except queue.Empty:
-            return msgs
+    if block and not conn.poll(1.0):
+        return msgs
+    while conn.poll(0):
+        msgs.append(conn.recv())
+    return msgs
+
+
+def _exit_now(core: EngineCore) -> None:
+    os._exit(70)  # like a crash: no goodbye, no cleanup
+
+
+def _fail_next_step(core: EngineCore) -> None:
+    core.fail_next_step = True
+
+
+# test-only fault hooks (ControlRequest kinds), honoured when RADIXFLOW_TEST_HOOKS=1
+FAULTS = {"crash_engine": _exit_now, "fail_next_step": _fail_next_step} \
+    if os.environ.get("RADIXFLOW_TEST_HOOKS") == "1" else {}

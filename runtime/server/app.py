@@ -5,6 +5,8 @@ running `runtime.Engine`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -28,12 +30,25 @@ def _json(result):
     return result if isinstance(result, Response) else JSONResponse(result)
 
 
-def create_app(engine, settings: ServerSettings | None = None) -> FastAPI:
+def create_app(engine, settings: ServerSettings | None = None,
+               start_engine: Callable[[], object] | None = None) -> FastAPI:
+    """`start_engine` (a new engine with the same options) enables
+    `settings.restart_engine_on_failure`."""
     import runtime
 
     settings = settings or ServerSettings()
     state = ServerState(engine, settings)
-    app = FastAPI(title="Radixflow", version=runtime.__version__,
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        watcher = None
+        if settings.restart_engine_on_failure and start_engine is not None:
+            watcher = asyncio.create_task(state.restart_dead_engines(start_engine))
+        yield
+        if watcher is not None:
+            watcher.cancel()
+
+    app = FastAPI(title="Radixflow", version=runtime.__version__, lifespan=lifespan,
                   description="OpenAI-compatible and SGLang-native LLM serving")
     app.state.server = state
     install_error_handlers(app)

@@ -13,6 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from runtime.core import EngineDeadError
+
 logger = logging.getLogger("radixflow.server")
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -53,7 +55,7 @@ def from_exception(exc: BaseException) -> APIError:
         return exc
     if isinstance(exc, ValueError):
         return bad_request(str(exc))
-    if isinstance(exc, RuntimeError) and "shut down" in str(exc):
+    if isinstance(exc, EngineDeadError):
         return APIError(503, str(exc))
     logger.exception("internal error", exc_info=exc)
     return APIError(500, f"internal error: {type(exc).__name__}: {exc}")

@@ -3,7 +3,8 @@
 Shutdown: SIGINT or SIGTERM -> uvicorn stops accepting and closes connections (at most
 GRACEFUL_S for open streams) -> the engine process is told to stop and joined -> exit 0.
 The engine process ignores SIGINT (a terminal's Ctrl-C reaches the whole process
-group), so it is always stopped by this process, in order.
+group), so it is always stopped by this process, in order. If it dies, requests get 503
+(`--restart-engine-on-failure`: a new one is started).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
                    help="tool-call output format (auto: chosen from the chat template)")
     p.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
                    help="largest request body accepted (413 above)")
+    p.add_argument("--restart-engine-on-failure", action="store_true",
+                   help="if the engine process dies, start a new one and serve on (the requests in flight "
+                        "fail and the prefix cache is lost); without it the server answers 503 until restarted")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -43,7 +47,8 @@ def settings_from_args(args: argparse.Namespace):
     return ServerSettings(host=get("host", "127.0.0.1"), port=get("port", 30000), api_key=get("api_key"),
                           served_model_name=get("served_model_name"), chat_template=get("chat_template"),
                           tool_call_parser=get("tool_call_parser", "auto"),
-                          max_request_bytes=get("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES))
+                          max_request_bytes=get("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES),
+                          restart_engine_on_failure=get("restart_engine_on_failure", False))
 
 
 class _Stop(Exception):
@@ -63,21 +68,11 @@ def _check_port_free(host: str, port: int) -> None:
             raise SystemExit(f"radixflow serve: cannot listen on {host}:{port}: {e}") from None
 
 
-def _start_engine(options: dict):
-    """Start the engine process with SIGINT ignored (the child inherits that)."""
-    from runtime.engine.api import Engine
-
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        return Engine(**options)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from runtime.cli import engine_options
+    from runtime.engine.api import Engine
     from runtime.server.app import create_app
 
     level = getattr(args, "log_level", "info")
@@ -85,13 +80,14 @@ def serve(args: argparse.Namespace) -> None:
     settings = settings_from_args(args)
     _check_port_free(settings.host, settings.port)
     signal.signal(signal.SIGTERM, _raise_stop)
-    engine = None
+    engine = state = None
     try:
+        options = engine_options(args)
         try:
-            engine = _start_engine(engine_options(args))
+            engine = Engine(**options)
         except (ValueError, OSError, RuntimeError) as e:
             raise SystemExit(f"radixflow serve: cannot start the engine: {e}") from None
-        app = create_app(engine, settings)
+        app = create_app(engine, settings, start_engine=lambda: Engine(**options))
         state = app.state.server
         logger.info("model %s (served as %r) from %s; context %d tokens, KV pool %d tokens",
                     engine.info.get("architecture"), state.served_model_name, engine.model_path,
@@ -103,6 +99,8 @@ def serve(args: argparse.Namespace) -> None:
         pass
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the engine stop in order
+        if state is not None:
+            state.engine.shutdown()  # a restarted engine, if any
         if engine is not None:
             engine.shutdown()
         logger.info("radixflow server stopped")

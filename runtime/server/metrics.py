@@ -47,6 +47,7 @@ class ServerMetrics:
         self.cached_tokens = counter("cached_tokens", "Prompt tokens served from the prefix cache")
         self._requests = counter("requests", "Finished requests by finish reason", ["finish_reason"])
         self.rejected_requests = counter("rejected_requests", "Requests refused because the server was full")
+        self.engine_restarts = counter("engine_restarts", "Engine processes restarted after they died")
         self.time_to_first_token = histogram("time_to_first_token_seconds", "Time to first token (streamed)",
                                              _LATENCY_BUCKETS)
         self.inter_token_latency = histogram("inter_token_latency_seconds", "Time between output tokens (streamed)",

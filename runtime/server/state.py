@@ -4,6 +4,7 @@ parser choice, metrics, settings, and admission control (in-flight request limit
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import contextmanager
@@ -17,6 +18,9 @@ from runtime.server.prompt_tools import messages_with_tools_in_prompt
 
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 RETRY_AFTER_S = 1
+WATCH_INTERVAL_S = 0.5  # how often --restart-engine-on-failure checks the engine
+
+logger = logging.getLogger("radixflow.server")
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,7 @@ class ServerSettings:
     chat_template: str | None = None  # a file that overrides the checkpoint's template
     tool_call_parser: str = "auto"
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    restart_engine_on_failure: bool = False
 
 
 class ServerState:
@@ -116,8 +121,26 @@ class ServerState:
         return await asyncio.to_thread(fn, *args)
 
     def engine_alive(self) -> bool:
-        proc = getattr(self.engine, "_proc", None)
-        return not getattr(self.engine, "_closed", False) and (proc is None or proc.is_alive())
+        return self.engine.is_alive()
+
+    async def restart_dead_engines(self, start_engine: Callable[[], object]) -> None:
+        """--restart-engine-on-failure: when the engine process is gone (its pending
+        requests have already failed), start a new one with the same options and serve
+        on. Lost: the requests in flight at the time and the prefix cache."""
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            if self.engine.is_alive():
+                continue
+            logger.warning("the engine process is gone; starting a new one (--restart-engine-on-failure)")
+            try:
+                new = await asyncio.to_thread(start_engine)
+            except Exception:  # noqa: BLE001 - keep answering 503 and try again
+                logger.exception("restarting the engine failed; retrying")
+                continue
+            old, self.engine = self.engine, new
+            await asyncio.to_thread(old.shutdown)
+            self.metrics.engine_restarts.inc()
+            logger.info("the engine is serving again")
 
 
 class Lease:

@@ -53,3 +53,6 @@ class ScriptedEngine:
 
     def flush_cache(self) -> None:
         pass
+
+    def is_alive(self) -> bool:
+        return True

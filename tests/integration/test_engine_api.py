@@ -15,7 +15,7 @@ def engine():
                          chunked_prefill_size=256)
     yield eng
     eng.shutdown()
-    assert not eng._proc.is_alive(), "the engine process outlived shutdown()"
+    assert not eng._process.is_alive(), "the engine process outlived shutdown()"
 
 
 @pytest.fixture(autouse=True)

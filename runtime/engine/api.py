@@ -32,6 +32,7 @@ from runtime.engine.detokenizer import IncrementalDetokenizer
 from runtime.engine.output_processor import RequestState
 from runtime.engine.process import EngineProcess
 from runtime.models.resolve import resolve_model
+from runtime.prompt_check import check_prompt_text, max_prompt_bytes
 
 logger = logging.getLogger("radixflow")
 
@@ -63,6 +64,7 @@ class Engine:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self._process = EngineProcess(self.config, self.model_path)
         self.info = self._wait_ready()
+        self.max_prompt_bytes = max_prompt_bytes(self.tokenizer, self.info["context_length"])
         self._states: dict[str, tuple[RequestState, _Waiter]] = {}
         self._replies: dict[str, _Waiter] = {}
         self._lock = threading.Lock()
@@ -166,6 +168,7 @@ class Engine:
         if input_ids is None:
             if not isinstance(prompt, str):
                 raise ValueError("prompt must be a string (or pass input_ids)")
+            check_prompt_text(prompt, self.max_prompt_bytes)
             input_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
         if not input_ids:
             raise ValueError("the prompt is empty: at least one token is required")

@@ -182,13 +182,10 @@ async def tokenize(state: ServerState, req: TokenizeRequest) -> dict:
     if prompt is None:
         raise bad_request("prompt (or text), or messages, is required", param="prompt")
 
-    def encode(text: str) -> list[int]:
-        return state.tokenizer.encode(text, add_special_tokens=req.add_special_tokens)
-
     if isinstance(prompt, str):
-        ids = await asyncio.to_thread(encode, prompt)
+        ids = await state.tokenize(prompt, req.add_special_tokens)
         return {"tokens": ids, "count": len(ids), "max_model_len": state.context_length}
-    ids_list = await asyncio.to_thread(lambda: [encode(p) for p in prompt])
+    ids_list = [await state.tokenize(p, req.add_special_tokens) for p in prompt]
     return {"tokens": ids_list, "count": [len(i) for i in ids_list], "max_model_len": state.context_length}
 
 

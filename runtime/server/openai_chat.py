@@ -3,6 +3,7 @@ OpenAI chat completion (or chunk stream), with tool calls parsed from the output
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -92,11 +93,11 @@ async def create_chat_completion(state: ServerState, req: ChatCompletionRequest,
         messages = [message_to_template_dict(m) for m in req.messages]
     except ValueError as e:
         raise bad_request(str(e), param="messages") from None
-    plan = plan_tools(state, req)
+    plan = await asyncio.to_thread(plan_tools, state, req)  # schema checks: off the event loop
     _, input_ids = await state.render_and_tokenize(messages, plan.template_tools, dict(req.chat_template_kwargs or {}))
     if not input_ids:
         raise bad_request("the rendered prompt is empty", param="messages")
-    sp = _sampling_params(state, req, plan, len(input_ids))
+    sp = await asyncio.to_thread(_sampling_params, state, req, plan, len(input_ids))
     rid = req.rid or new_id("chatcmpl")
     gen = dict(input_ids=input_ids, return_logprob=req.logprobs, top_logprobs_num=req.top_logprobs or 0,
                return_text_in_logprobs=req.logprobs, cache_salt=req.cache_salt)

@@ -73,6 +73,24 @@ def per_choice(sp: dict, index: int) -> dict:
     return sp
 
 
+MAX_SCHEMA_DEPTH = 100  # nesting levels (real schemas: up to ~60); jsonschema recurses past ~120
+MAX_SCHEMA_NODES = 10_000  # objects and arrays (real schemas: up to ~6,000); bounds check_schema's time
+
+
+def _schema_size(schema) -> tuple[int, int]:
+    """(objects + arrays, nesting depth) of a JSON value, counted without recursion; stops
+    counting once a limit is passed."""
+    nodes, depth, stack = 0, 0, [(schema, 1)]
+    while stack and nodes <= MAX_SCHEMA_NODES and depth <= MAX_SCHEMA_DEPTH:
+        value, level = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if children is None:
+            continue
+        nodes, depth = nodes + 1, max(depth, level)
+        stack.extend((child, level + 1) for child in children)
+    return nodes, depth
+
+
 def validate_schema(schema, param: str) -> dict:
     if isinstance(schema, str):
         try:
@@ -81,6 +99,11 @@ def validate_schema(schema, param: str) -> dict:
             raise bad_request(f"{param} is not valid JSON: {e}", param=param) from None
     if not isinstance(schema, dict):
         raise bad_request(f"{param} must be a JSON object (a JSON schema)", param=param)
+    nodes, depth = _schema_size(schema)
+    if depth > MAX_SCHEMA_DEPTH:
+        raise bad_request(f"{param} is nested more than {MAX_SCHEMA_DEPTH} levels deep", param=param)
+    if nodes > MAX_SCHEMA_NODES:
+        raise bad_request(f"{param} has more than {MAX_SCHEMA_NODES} objects and arrays", param=param)
     try:
         import jsonschema
     except ImportError:  # the engine's grammar compiler still checks it

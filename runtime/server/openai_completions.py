@@ -4,6 +4,7 @@ choice i of prompt p."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from functools import partial
@@ -83,12 +84,13 @@ async def create_completion(state: ServerState, req: CompletionRequest, request:
     if req.best_of is not None and req.best_of != req.n:
         raise bad_request("best_of other than n is not supported", param="best_of")
     prompts = await _prompts(state, req)
+    constraint = await asyncio.to_thread(_constraint, req)  # schema checks: off the event loop
     specs = []  # (prompt index, choice index, rid, sampling params)
     rid = req.rid or new_id("cmpl")
     for p, (_, ids) in enumerate(prompts):
         sp = base_sampling_params(req, resolve_max_tokens(req.max_tokens if req.max_tokens is not None else 16,
                                                           len(ids), state.context_length))
-        sp = merge_constraint(sp, _constraint(req), "json_schema/response_format")
+        sp = merge_constraint(sp, constraint, "json_schema/response_format")
         for i in range(req.n):
             r = rid if len(prompts) * req.n == 1 else f"{rid}-{p * req.n + i}"
             specs.append((p, r, per_choice(sp, i)))

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from runtime.chat_roles import ChatRoles, read_chat_roles
+from runtime.prompt_check import check_prompt_text, max_prompt_bytes
 from runtime.server.chat_template import ChatTemplate
 from runtime.server.errors import APIError
 from runtime.server.metrics import ServerMetrics
@@ -54,6 +55,7 @@ class ServerState:
         self.in_flight = 0
         self.context_length: int = self.info["context_length"]
         self.vocab_size: int = self.info["vocab_size"]
+        self.max_prompt_bytes = max_prompt_bytes(self.tokenizer, self.context_length)
         self.created = int(time.time())
 
     # ---- checks --------------------------------------------------------------------
@@ -63,7 +65,10 @@ class ServerState:
                                 f"{self.served_model_name!r}", param="model", code="model_not_found")
 
     def acquire(self, num: int) -> None:
-        """Admit `num` engine requests or raise 503 with Retry-After."""
+        """Admit `num` engine requests or raise 503 with Retry-After (400 if they never fit)."""
+        if num > self.max_in_flight:
+            raise APIError(400, f"the request needs {num} engine requests (n); this server runs at most "
+                                f"{self.max_in_flight} at once", param="n")
         if self.in_flight + num > self.max_in_flight:
             self.metrics.rejected_requests.inc()
             raise APIError(503, f"the server is at capacity ({self.in_flight} requests in flight, "
@@ -98,8 +103,9 @@ class ServerState:
             raise
 
     # ---- off-loop work ---------------------------------------------------------------
-    async def tokenize(self, text: str) -> list[int]:
-        return await asyncio.to_thread(self.tokenizer.encode, text, add_special_tokens=False)
+    async def tokenize(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        check_prompt_text(text, self.max_prompt_bytes)  # before the tokenizer: bad Unicode, megabytes
+        return await asyncio.to_thread(self.tokenizer.encode, text, add_special_tokens=add_special_tokens)
 
     async def render_and_tokenize(self, messages: list[dict], tools: list[dict] | None,
                                   kwargs: dict) -> tuple[str, list[int]]:
@@ -107,11 +113,16 @@ class ServerState:
             raise APIError(400, "this model has no chat template; start the server with --chat-template FILE "
                                 "or use /v1/completions")
 
+        reserved = sorted(set(kwargs) & {"messages", "tools"})
+        if reserved:
+            raise APIError(400, f"chat_template_kwargs cannot set {reserved}: they come from the request",
+                           param="chat_template_kwargs")
         if self.tool_parser.tools_in_prompt:  # the template cannot show them: prompt_tools does
             messages, tools = messages_with_tools_in_prompt(messages, tools), None
 
         def work():
             text = self.chat_template.render(messages, tools, **kwargs)
+            check_prompt_text(text, self.max_prompt_bytes, "the rendered chat")
             return text, self.tokenizer.encode(text, add_special_tokens=False)
 
         return await asyncio.to_thread(work)

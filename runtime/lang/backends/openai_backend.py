@@ -28,7 +28,10 @@ EXTRA = {"top_k": "top_k", "min_p": "min_p", "min_new_tokens": "min_tokens", "ig
 class OpenAI(ChatBackend):
     def __init__(self, model: str | None = None, base_url: str | None = None, api_key: str | None = None,
                  timeout: float = 600.0) -> None:
-        import openai
+        try:
+            import openai
+        except ImportError:
+            raise ImportError("rt.OpenAI needs the openai client: pip install 'radixflow[openai]'") from None
 
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY", "EMPTY"),
                                     timeout=timeout)

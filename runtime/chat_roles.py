@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 SENTINEL = "\u2063RADIXFLOW-SENTINEL\u2063"
-ROLES = ("system", "user", "assistant", "tool")  # "tool" only where the template renders it
 
 
 @dataclass(frozen=True)

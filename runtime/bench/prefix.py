@@ -116,8 +116,7 @@ def run_workload(engine, name: str, scale: float, seed: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> None:
-    import statistics
-
+    from runtime.bench.alternating import run_alternating
     from runtime.demo.checkpoint import demo_model_path
     from runtime.engine.api import Engine
 
@@ -125,23 +124,22 @@ def run(args: argparse.Namespace) -> None:
     report = {"model": path, "dtype": args.dtype, "scale": args.scale, "workloads": {}}
     for name in args.workloads.split(","):
         repeats = args.repeats or (3 if name == "no-share" else 1)
-        runs: dict[str, list[dict]] = {"cache_on": [], "cache_off": []}
-        # both engines stay up and take turns, so slow drifts on the machine hit both sides
         with Engine(path, dtype=args.dtype, max_total_tokens=65536,
                     max_running_requests=args.max_running_requests) as on_engine, \
                 Engine(path, dtype=args.dtype, disable_radix_cache=True, max_total_tokens=65536,
                        max_running_requests=args.max_running_requests) as off_engine:
             for engine in (on_engine, off_engine):
                 engine.generate(input_ids=[1, 2, 3], sampling_params={"max_new_tokens": 2})  # warm-up
-            for r in range(repeats):
-                pair = (("cache_on", on_engine), ("cache_off", off_engine))
-                for label, engine in pair if r % 2 == 0 else pair[::-1]:  # who goes first alternates
+
+            def side(engine):
+                def once() -> dict:
                     engine.flush_cache()
-                    runs[label].append(run_workload(engine, name, args.scale, args.seed))
+                    row = run_workload(engine, name, args.scale, args.seed)
                     engine.check_no_leaks()
-        row = {label: dict(rows[0], elapsed_s=statistics.median(r["elapsed_s"] for r in rows),
-                           elapsed_s_runs=[r["elapsed_s"] for r in rows])
-               for label, rows in runs.items()}
+                    return row
+                return once
+
+            row = run_alternating({"cache_on": side(on_engine), "cache_off": side(off_engine)}, repeats)
         on, off = row["cache_on"], row["cache_off"]
         for side in (on, off):
             side["tokens_per_s"] = round((side["prompt_tokens"] + side["output_tokens"]) / side["elapsed_s"], 1)

@@ -20,12 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
 import threading
 import time
 from pathlib import Path
 
 import runtime as rt
+from runtime.bench.alternating import run_alternating
 from runtime.bench.grammar import _argv, _machine
 from runtime.lang.backends.runtime_backend import Runtime
 
@@ -208,14 +208,14 @@ def run(args: argparse.Namespace) -> None:
     with MeteredRuntime(resolved.path, **options) as on, \
             MeteredRuntime(resolved.path, disable_radix_cache=True, **options) as off:
         for name in args.workloads.split(","):
-            runs: dict[str, list[dict]] = {"cache_on": [], "cache_off": []}
-            for r in range(args.repeats):
-                pair = (("cache_on", on), ("cache_off", off))
-                for label, backend in pair if r % 2 == 0 else pair[::-1]:  # who goes first alternates
-                    runs[label].append(run_workload(backend, name, args.scale, args.seed))
+            def side(backend):
+                def once() -> dict:
+                    row = run_workload(backend, name, args.scale, args.seed)
                     backend.engine.check_no_leaks()
-            row = {label: dict(rows[0], elapsed_s=statistics.median(x["elapsed_s"] for x in rows),
-                               elapsed_s_runs=[x["elapsed_s"] for x in rows]) for label, rows in runs.items()}
+                    return row
+                return once
+
+            row = run_alternating({"cache_on": side(on), "cache_off": side(off)}, args.repeats)
             for side in row.values():
                 side["output_tokens_per_s"] = round(side["completion_tokens"] / side["elapsed_s"], 1)
             row["speedup"] = round(row["cache_off"]["elapsed_s"] / row["cache_on"]["elapsed_s"], 3)

@@ -91,6 +91,10 @@ class Engine:
         self._process.stop()
         raise RuntimeError("engine did not start in time")
 
+    def _check_running(self) -> None:
+        if self._closed or self._gone:
+            raise EngineDeadError(self._gone or "the engine has been shut down")
+
     def is_alive(self) -> bool:
         """Whether requests can run: not shut down and the engine process is up."""
         return not self._closed and self._gone is None and self._process.is_alive()
@@ -159,8 +163,7 @@ class Engine:
                  top_logprobs_num, stream, rid, cache_salt) -> list[GenerateRequest]:
         """Validate and tokenize one prompt; n > 1 becomes n requests (they share the
         prompt's KV through the prefix cache)."""
-        if self._closed or self._gone:
-            raise EngineDeadError(self._gone or "the engine has been shut down")
+        self._check_running()
         params = sampling_params if isinstance(sampling_params, SamplingParams) else \
             SamplingParams.from_dict(sampling_params)
         vocab = self.info["vocab_size"]
@@ -325,8 +328,7 @@ class Engine:
 
     # ---- control ------------------------------------------------------------
     def _control(self, kind: str, timeout: float = 60.0, **args) -> ControlReply:
-        if self._closed or self._gone:
-            raise EngineDeadError(self._gone or "the engine has been shut down")
+        self._check_running()
         request_id = uuid.uuid4().hex
         waiter = _Waiter(None)
         self._replies[request_id] = waiter

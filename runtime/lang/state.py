@@ -106,16 +106,20 @@ class ProgramState:
         sampling, options = params.to_engine()
         name = expr.name
         if self.stream and (params.n or 1) == 1:
-            value = ""
-            for delta, meta in self.backend.generate_stream(self._text, sampling, options):
-                value += delta
-                self._append(delta, name)
-                self._set_result(name, [value], [meta])
+            self._stream_into(name, self.backend.generate_stream(self._text, sampling, options))
         else:
             results = self.backend.generate(self._text, sampling, options)
             self._append(results[0][0], name)
             self._set_result(name, [t for t, _ in results], [m for _, m in results])
         self._cached_len = len(self._text)
+
+    def _stream_into(self, name: str | None, chunks) -> None:
+        """Append (delta, meta_info) chunks as they come; the variable grows with them."""
+        value = ""
+        for delta, meta in chunks:
+            value += delta
+            self._append(delta, name)
+            self._set_result(name, [value], [meta])
 
     def _set_result(self, name: str | None, values: list, metas: list[dict]) -> None:
         if name is not None:  # n > 1: lists
@@ -179,12 +183,7 @@ class ProgramState:
         tools = tool_dicts(expr.tools) if expr.tools else None
         name = expr.name
         if self.stream and not tools and sampling.get("n", 1) == 1:
-            value = ""
-            for delta, meta in self.backend.chat_stream(self._messages, sampling, options):
-                value += delta
-                self._append(delta, name)
-                self._set_result(name, [value], [meta])
-            return
+            return self._stream_into(name, self.backend.chat_stream(self._messages, sampling, options))
         results = self.backend.chat(self._messages, sampling, options, tools, expr.tool_choice,
                                     expr.parallel_tool_calls)
         content, calls, _ = results[0]

@@ -43,6 +43,15 @@ def format_calls(calls: list[dict]) -> str:
     return "<tool_call>[\n" + ",\n".join(items) + "\n]</tool_call>"
 
 
+def template_input(messages: list[dict], tools: list[dict] | None,
+                   tools_in_prompt: bool) -> tuple[list[dict], list[dict] | None]:
+    """(messages, tools) to render: as they are, or, when the template cannot show tools
+    (`ToolParser.tools_in_prompt`), rewritten into this format with no tools left over."""
+    if tools_in_prompt:
+        return messages_with_tools_in_prompt(messages, tools), None
+    return messages, tools
+
+
 def messages_with_tools_in_prompt(messages: list[dict], tools: list[dict] | None) -> list[dict]:
     """`messages` (template dicts) rewritten into the format above; `tools` may be None
     (a history with tool calls and results still needs rewriting)."""

@@ -11,11 +11,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from runtime.chat_roles import ChatRoles, read_chat_roles
-from runtime.prompt_check import check_prompt_text, max_prompt_bytes
+from runtime.prompt_check import check_prompt_text
 from runtime.server.chat_template import ChatTemplate
 from runtime.server.errors import APIError
 from runtime.server.metrics import ServerMetrics
-from runtime.server.prompt_tools import messages_with_tools_in_prompt
+from runtime.server.prompt_tools import template_input
 
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 RETRY_AFTER_S = 1
@@ -55,7 +55,7 @@ class ServerState:
         self.in_flight = 0
         self.context_length: int = self.info["context_length"]
         self.vocab_size: int = self.info["vocab_size"]
-        self.max_prompt_bytes = max_prompt_bytes(self.tokenizer, self.context_length)
+        self.max_prompt_bytes: int = engine.max_prompt_bytes
         self.created = int(time.time())
 
     # ---- checks --------------------------------------------------------------------
@@ -117,8 +117,7 @@ class ServerState:
         if reserved:
             raise APIError(400, f"chat_template_kwargs cannot set {reserved}: they come from the request",
                            param="chat_template_kwargs")
-        if self.tool_parser.tools_in_prompt:  # the template cannot show them: prompt_tools does
-            messages, tools = messages_with_tools_in_prompt(messages, tools), None
+        messages, tools = template_input(messages, tools, self.tool_parser.tools_in_prompt)
 
         def work():
             text = self.chat_template.render(messages, tools, **kwargs)

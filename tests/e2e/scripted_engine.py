@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
+from runtime.prompt_check import max_prompt_bytes
+
 
 class ScriptedEngine:
     def __init__(self, tokenizer, model_path: str) -> None:
@@ -16,6 +18,7 @@ class ScriptedEngine:
         self.config = SimpleNamespace(model_path=None, max_running_requests=8, max_queued_requests=8)
         self.info = {"architecture": "Scripted", "vocab_size": 151936, "context_length": 4096,
                      "max_total_tokens": 8192}
+        self.max_prompt_bytes = max_prompt_bytes(tokenizer, self.info["context_length"])
         self.outputs: list[str] = []  # next outputs, consumed in order (the last one repeats)
         self.requests: list[dict] = []  # what the server sent
 

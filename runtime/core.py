@@ -164,12 +164,11 @@ class TokenOut:
     """What the engine emits for one request after a step (or at its end).
 
     `new_token_ids` are the tokens appended since the last TokenOut for this rid; the
-    engine process detokenizes, so `new_text` is the UTF-8-safe text for them.
+    front end (`runtime.Engine`) detokenizes them and matches stop strings.
     """
 
     rid: str
     new_token_ids: list[int]
-    new_text: str
     finished: bool = False
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
@@ -239,13 +238,56 @@ class Req:
         return self.return_logprob and self.logprob_start_len >= 0
 
 
+# ---- control messages: operations other than generation, one dataclass each --------
+# The engine process dispatches them by type (`EngineCore.CONTROL_HANDLERS`) and answers
+# each with a ControlReply carrying the same request_id.
 @dataclass
-class ControlRequest:
-    """Engine-process operations other than generation (answered by ControlReply)."""
+class Control:
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
-    request_id: str
-    kind: str  # "flush_cache" | "get_info" | "shutdown"
-    args: dict = field(default_factory=dict)
+
+@dataclass
+class GetInfo(Control):
+    """-> the engine's info dict (model, pool, scheduler and cache counters)."""
+
+
+@dataclass
+class FlushCache(Control):
+    """-> refused while requests run; otherwise the prefix cache is emptied."""
+
+
+@dataclass
+class LookupPageHashes(Control):
+    """-> {"pages", "tokens", "page_size"}: how much of a prefix (chained page hashes) is cached."""
+
+    hashes: list[int] = field(default_factory=list)
+
+
+@dataclass
+class GetStepTimes(Control):
+    """-> per-step timings (recorded when EngineConfig.extra["record_step_times"])."""
+
+
+@dataclass
+class ResetStepTimes(Control):
+    pass
+
+
+@dataclass
+class CheckLeaks(Control):
+    """-> refused unless every KV slot is free or held by the prefix cache (tests)."""
+
+
+@dataclass
+class Shutdown(Control):
+    """The loop answers and exits."""
+
+
+@dataclass
+class InjectFault(Control):
+    """Tests only (honoured when RADIXFLOW_TEST_HOOKS=1): "crash_engine" | "fail_next_step"."""
+
+    fault: str = ""
 
 
 @dataclass

@@ -41,18 +41,19 @@ def make_workload(n: int, prompt_len: tuple[int, int], output_len: tuple[int, in
 
 
 def run_ours(model_path: str, dtype: str, workload, max_running: int) -> dict:
+    from runtime.core import GetStepTimes, ResetStepTimes
     from runtime.engine.api import Engine
 
     max_total = sum(len(p) + o for p, o in workload) + 1024
     with Engine(model_path, dtype=dtype, max_total_tokens=max_total, max_running_requests=max_running,
                 disable_radix_cache=True, extra={"record_step_times": True}) as engine:
         engine.generate(input_ids=[1, 2, 3], sampling_params={"max_new_tokens": 4})  # warm-up
-        engine._control("reset_step_times")
+        engine._control(ResetStepTimes())
         params = [{"max_new_tokens": o, "ignore_eos": True, "temperature": 0} for _, o in workload]
         start = time.perf_counter()
         results = engine.generate(input_ids=[p for p, _ in workload], sampling_params=params)
         elapsed = time.perf_counter() - start
-        steps = engine._control("get_step_times").result
+        steps = engine._control(GetStepTimes()).result
         engine.check_no_leaks()
     out_tokens = sum(r["meta_info"]["completion_tokens"] for r in results)
     decode = [s for s in steps if s["mode"] == "decode"]

@@ -48,15 +48,12 @@ class KVPool:
         p = self.page_size
         return (prefix_len + extend_len + p - 1) // p - (prefix_len + p - 1) // p
 
-    def can_allocate(self, prefix_len: int, extend_len: int) -> bool:
-        return self.pages_needed(prefix_len, extend_len) <= len(self._free_pages)
-
     def allocate(self, prefix_len: int, extend_len: int, last_slot: int | None) -> torch.Tensor:
         """Slots for positions prefix_len .. prefix_len+extend_len-1 of one sequence.
 
         `last_slot` is the slot of position prefix_len-1 (None when prefix_len == 0);
         a partly filled last page is continued before new pages are taken.
-        Returns an int64 tensor [extend_len]. Caller checks `can_allocate` first.
+        Returns an int64 tensor [extend_len]. Caller checks `pages_needed` against `available_size` first.
         """
         p = self.page_size
         if p == 1:

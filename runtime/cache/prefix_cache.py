@@ -34,8 +34,9 @@ class PrefixCache(abc.ABC):
 
     shares = True  # False for caches that never return a prefix (scheduling shortcuts)
 
-    def __init__(self, pool: KVPool) -> None:
+    def __init__(self, pool: KVPool, page_size: int = 1) -> None:
         self.pool = pool
+        self.page_size = page_size
 
     @abc.abstractmethod
     def match_prefix(self, token_ids: list[int], extra_key: str | None = None) -> PrefixMatch:
@@ -78,6 +79,10 @@ class PrefixCache(abc.ABC):
     @abc.abstractmethod
     def reset(self) -> None:
         """Drop every cached entry (caller guarantees no request holds a lock)."""
+
+    def lookup_page_hashes(self, hashes: list[int]) -> int:
+        """How many leading pages of a prefix (chained `prefix_page_hashes`) are cached."""
+        return 0
 
     def stats(self) -> dict[str, Any]:
         return {"evictable_tokens": self.evictable_size(), "protected_tokens": self.protected_size()}

@@ -44,8 +44,7 @@ class Node:
 
 class RadixCache(PrefixCache):
     def __init__(self, pool: KVPool, page_size: int = 1) -> None:
-        super().__init__(pool)
-        self.page_size = page_size
+        super().__init__(pool, page_size)
         self.reset_tree()
 
     # ---- structure helpers ---------------------------------------------------

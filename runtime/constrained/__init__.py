@@ -27,13 +27,13 @@ from runtime.constrained.base import (
                                       InvalidSchemaError,
                                       UnsupportedSchemaError,
 )
-from runtime.constrained.bitmask import allocate_bitmask, apply_bitmask_, bitmask_to_bool, reset_bitmask_
+from runtime.constrained.bitmask import allocate_bitmask, apply_bitmask_, bitmask_to_bool
 from runtime.constrained.compiler import GrammarCompiler
 from runtime.constrained.registry import DEFAULT_BACKEND, backend_names, get_backend
 
 __all__ = [
     "BOUNDED_WHITESPACE_MAX", "KINDS", "REASONING_END", "CompiledGrammar", "GrammarBackend", "GrammarError",
     "CompileTimeoutError", "InvalidSchemaError", "UnsupportedSchemaError",
-    "GrammarMatcher", "GrammarSpec", "allocate_bitmask", "apply_bitmask_", "bitmask_to_bool", "reset_bitmask_",
+    "GrammarMatcher", "GrammarSpec", "allocate_bitmask", "apply_bitmask_", "bitmask_to_bool",
     "GrammarCompiler", "DEFAULT_BACKEND", "backend_names", "get_backend",
 ]

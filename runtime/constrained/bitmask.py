@@ -40,11 +40,6 @@ def allocate_bitmask(batch_size: int, vocab_size: int, device: torch.device | st
     return torch.full((batch_size, bitmask_words(vocab_size)), -1, dtype=torch.int32, device=device)
 
 
-def reset_bitmask_(bitmask: torch.Tensor) -> None:
-    """Set every bit (rows of unconstrained requests must allow everything)."""
-    bitmask.fill_(-1)
-
-
 def _bias_table(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """[256, 8] of `dtype`: row b, column j = 0 if bit j of byte b is set else -inf."""
     key = (dtype, device)

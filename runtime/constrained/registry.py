@@ -25,28 +25,20 @@ instance; its mask costs 25 µs median (xgrammar 12 µs), far below a decode ste
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
+from runtime.components import GRAMMAR_BACKENDS, load
 from runtime.constrained.base import GrammarBackend
 
-_BACKENDS: dict[str, tuple[str, str]] = {
-    "xgrammar": ("runtime.constrained.xgrammar_backend", "XGrammarBackend"),
-    "llguidance": ("runtime.constrained.llguidance_backend", "LLGuidanceBackend"),
-    "outlines": ("runtime.constrained.outlines_backend", "OutlinesBackend"),
-}
 DEFAULT_BACKEND = "llguidance"
 
 
 def backend_names() -> list[str]:
-    return list(_BACKENDS)
+    return list(GRAMMAR_BACKENDS)
 
 
 def backend_class(name: str) -> type[GrammarBackend]:
-    if name not in _BACKENDS:
-        raise ValueError(f"unknown grammar backend {name!r}; available: {backend_names()}")
-    module, cls = _BACKENDS[name]
-    return getattr(importlib.import_module(module), cls)
+    return load(GRAMMAR_BACKENDS, name, "grammar backend")
 
 
 def get_backend(name: str, tokenizer: Any, vocab_size: int, eos_token_ids: list[int],

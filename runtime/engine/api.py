@@ -11,19 +11,25 @@ import logging
 import queue
 import threading
 import time
-import uuid
 import weakref
 from typing import Any, AsyncIterator, Iterator
 
 from runtime.config import EngineConfig
 from runtime.core import (
     AbortRequest,
+    CheckLeaks,
+    Control,
     ControlReply,
-    ControlRequest,
     EngineDeadError,
     EngineFailed,
     EngineReady,
+    FinishKind,
+    FinishReason,
+    FlushCache,
     GenerateRequest,
+    GetInfo,
+    InjectFault,
+    LookupPageHashes,
     SamplingParams,
     TokenOut,
     new_rid,
@@ -153,8 +159,6 @@ class Engine:
         with self._lock:
             entries, self._states = list(self._states.values()), {}
         for state, waiter in entries:
-            from runtime.core import FinishKind, FinishReason
-
             state.finished, state.finish_reason = True, FinishReason(FinishKind.ABORT, message=reason)
             waiter.put(True)
 
@@ -327,46 +331,46 @@ class Engine:
             self._send(AbortRequest(r))
 
     # ---- control ------------------------------------------------------------
-    def _control(self, kind: str, timeout: float = 60.0, **args) -> ControlReply:
+    def _control(self, msg: Control, timeout: float = 60.0) -> ControlReply:
+        """Send one control message and wait for its reply."""
         self._check_running()
-        request_id = uuid.uuid4().hex
         waiter = _Waiter(None)
-        self._replies[request_id] = waiter
+        self._replies[msg.request_id] = waiter
         try:
-            self._send(ControlRequest(request_id, kind, args))
+            self._send(msg)
             reply = waiter.queue.get(timeout=timeout)
         except queue.Empty:
-            raise RuntimeError(f"engine did not answer {kind!r} within {timeout}s") from None
+            raise RuntimeError(f"engine did not answer {type(msg).__name__} within {timeout}s") from None
         finally:
-            self._replies.pop(request_id, None)
+            self._replies.pop(msg.request_id, None)
         if isinstance(reply, EngineDeadError):
             raise reply
         return reply
 
     def get_server_info(self) -> dict:
-        return self._control("get_info").result
+        return self._control(GetInfo()).result
 
     def lookup_page_hashes(self, hashes: list[int]) -> dict:
         """How much of a prefix the cache holds, asked by its chained page hashes
         (`runtime.cache.page_hash.prefix_page_hashes`): {"pages", "tokens", "page_size"}."""
-        return self._control("lookup_page_hashes", hashes=list(hashes)).result
+        return self._control(LookupPageHashes(hashes=list(hashes))).result
 
     def flush_cache(self) -> None:
-        reply = self._control("flush_cache")
+        reply = self._control(FlushCache())
         if not reply.ok:
             raise RuntimeError(reply.error)
 
     def check_no_leaks(self) -> dict:
         """For tests: raises AssertionError unless every KV slot is free or cached."""
-        reply = self._control("check_leaks")
+        reply = self._control(CheckLeaks())
         if not reply.ok:
             raise AssertionError(reply.error)
         return reply.result
 
-    def inject_fault(self, kind: str) -> None:
+    def inject_fault(self, fault: str) -> None:
         """Tests only (the engine process must run with RADIXFLOW_TEST_HOOKS=1):
         "crash_engine" (it exits at once) or "fail_next_step" (its next step raises)."""
-        self._send(ControlRequest(uuid.uuid4().hex, kind))
+        self._send(InjectFault(fault=fault))
 
     def shutdown(self) -> None:
         if self._closed:

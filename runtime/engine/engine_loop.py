@@ -1,7 +1,7 @@
 """The engine process: scheduler + model runner in a loop, fed by typed messages over
 its connection to the parent (`runtime.engine.process`).
 
-In: GenerateRequest | AbortRequest | ControlRequest. Out: EngineReady | EngineFailed
+In: GenerateRequest | AbortRequest | a Control message (runtime.core). Out: EngineReady | EngineFailed
 first, then lists of TokenOut (one list per step) and ControlReply. The loop waits on
 nothing but the connection, and only when it has no work. The parent going away (EOF)
 ends it.
@@ -14,30 +14,38 @@ import os
 import time
 import traceback
 
-from runtime.cache.prefix_cache import NoPrefixCache
+from runtime.components import PREFIX_CACHES, load
 from runtime.config import EngineConfig
 from runtime.core import (
     AbortRequest,
+    CheckLeaks,
+    Control,
     ControlReply,
-    ControlRequest,
     EngineFailed,
     EngineReady,
     FinishKind,
     FinishReason,
+    FlushCache,
     GenerateRequest,
+    GetInfo,
+    GetStepTimes,
+    InjectFault,
+    LookupPageHashes,
+    ResetStepTimes,
+    Shutdown,
+    TokenOut,
 )
 
 logger = logging.getLogger("radixflow.engine")
 
 
 def make_prefix_cache(cfg: EngineConfig, pool):
-    if cfg.disable_radix_cache:
-        return NoPrefixCache(pool)
-    try:
-        from runtime.cache.radix_cache import RadixCache
-    except ImportError:  # the radix cache is optional until it lands
-        return NoPrefixCache(pool)
-    return RadixCache(pool, page_size=cfg.page_size)
+    name = "none" if cfg.disable_radix_cache else "radix"
+    return load(PREFIX_CACHES, name, "prefix cache")(pool, page_size=cfg.page_size)
+
+
+class ControlRefused(Exception):
+    """A control message that cannot be carried out now; the reply says why."""
 
 
 class EngineCore:
@@ -66,7 +74,7 @@ class EngineCore:
             "max_total_tokens": pool.capacity, "available_tokens": pool.available_size(),
             "page_size": pool.page_size, "eos_token_ids": list(mc.eos_token_ids),
             "max_running_requests": self.cfg.max_running_requests,
-            "radix_cache": type(self.cache).__name__ != "NoPrefixCache",
+            "radix_cache": self.cache.shares,
             **self.scheduler.num_requests(), **self.scheduler.stats, **self.cache.stats(),
             "grammar_compile_count": len(self.grammars.compile_times),
             "grammar_compile_s_total": round(sum(self.grammars.compile_times), 4),
@@ -78,38 +86,49 @@ class EngineCore:
             return self.scheduler.add_request(msg)
         if isinstance(msg, AbortRequest):
             return self.scheduler.abort(msg.rid)
-        if isinstance(msg, ControlRequest):
+        if isinstance(msg, Control):
             return [self._control(msg)]
         raise TypeError(f"unexpected message {type(msg).__name__}")
 
-    def _control(self, msg: ControlRequest) -> ControlReply:
-        if msg.kind == "get_info":
-            return ControlReply(msg.request_id, True, self.info())
-        if msg.kind == "flush_cache":
-            if self.scheduler.has_work:
-                n = self.scheduler.num_requests()
-                return ControlReply(msg.request_id, False, error=(
-                    f"cannot flush the cache while requests run ({n['running']} running, "
-                    f"{n['waiting']} waiting)"))
-            self.cache.reset()
-            return ControlReply(msg.request_id, True, {"flushed": True})
-        if msg.kind == "lookup_page_hashes":
-            lookup = getattr(self.cache, "lookup_page_hashes", None)
-            pages = lookup(msg.args["hashes"]) if lookup else 0
-            return ControlReply(msg.request_id, True, {"pages": pages, "tokens": pages * self.cfg.page_size,
-                                                       "page_size": self.cfg.page_size})
-        if msg.kind == "get_step_times":
-            return ControlReply(msg.request_id, True, self.step_times)
-        if msg.kind == "reset_step_times":
-            self.step_times = []
-            return ControlReply(msg.request_id, True)
-        if msg.kind == "check_leaks":
-            try:
-                self.scheduler.check_no_leaks()
-                return ControlReply(msg.request_id, True, self.info())
-            except AssertionError as e:
-                return ControlReply(msg.request_id, False, error=str(e))
-        return ControlReply(msg.request_id, False, error=f"unknown control request {msg.kind!r}")
+    def _control(self, msg: Control) -> ControlReply:
+        handler = self.CONTROL_HANDLERS.get(type(msg))
+        if handler is None:
+            return ControlReply(msg.request_id, False, error=f"unknown control message {type(msg).__name__}")
+        try:
+            return ControlReply(msg.request_id, True, handler(self, msg))
+        except ControlRefused as e:
+            return ControlReply(msg.request_id, False, error=str(e))
+
+    def _flush_cache(self, msg: FlushCache) -> dict:
+        if self.scheduler.has_work:
+            n = self.scheduler.num_requests()
+            raise ControlRefused(f"cannot flush the cache while requests run ({n['running']} running, "
+                                 f"{n['waiting']} waiting)")
+        self.cache.reset()
+        return {"flushed": True}
+
+    def _lookup_page_hashes(self, msg: LookupPageHashes) -> dict:
+        pages = self.cache.lookup_page_hashes(msg.hashes)
+        return {"pages": pages, "tokens": pages * self.cfg.page_size, "page_size": self.cfg.page_size}
+
+    def _reset_step_times(self, msg: ResetStepTimes) -> None:
+        self.step_times = []
+
+    def _check_leaks(self, msg: CheckLeaks) -> dict:
+        try:
+            self.scheduler.check_no_leaks()
+        except AssertionError as e:
+            raise ControlRefused(str(e)) from None
+        return self.info()
+
+    CONTROL_HANDLERS = {
+        GetInfo: lambda self, msg: self.info(),
+        FlushCache: _flush_cache,
+        LookupPageHashes: _lookup_page_hashes,
+        GetStepTimes: lambda self, msg: self.step_times,
+        ResetStepTimes: _reset_step_times,
+        CheckLeaks: _check_leaks,
+    }
 
     def step(self) -> list:
         start, fwd0 = time.perf_counter(), self.runner.forward_time
@@ -152,19 +171,19 @@ def _loop(core: EngineCore, conn) -> None:
         msgs = _drain(conn, block=not core.scheduler.has_work)
         outs: list = []
         for msg in msgs:
-            if isinstance(msg, ControlRequest) and msg.kind == "shutdown":
+            if isinstance(msg, Shutdown):
                 conn.send([ControlReply(msg.request_id, True)])
                 return
-            if isinstance(msg, ControlRequest) and msg.kind in FAULTS:
-                FAULTS[msg.kind](core)
+            if isinstance(msg, InjectFault):
+                if msg.fault in FAULTS:
+                    FAULTS[msg.fault](core)
                 continue
             try:
                 outs += core.handle(msg)
             except Exception as e:
                 logger.exception("bad message")
                 if isinstance(msg, GenerateRequest):
-                    from runtime.core import TokenOut
-                    outs.append(TokenOut(msg.rid, [], "", True, FinishReason(FinishKind.ABORT, message=str(e))))
+                    outs.append(TokenOut(msg.rid, [], True, FinishReason(FinishKind.ABORT, message=str(e))))
         try:
             if core.fail_next_step:
                 core.fail_next_step = False
@@ -197,6 +216,6 @@ def _fail_next_step(core: EngineCore) -> None:
     core.fail_next_step = True
 
 
-# test-only fault hooks (ControlRequest kinds), honoured when RADIXFLOW_TEST_HOOKS=1
+# test-only fault hooks (InjectFault.fault), honoured when RADIXFLOW_TEST_HOOKS=1
 FAULTS = {"crash_engine": _exit_now, "fail_next_step": _fail_next_step} \
     if os.environ.get("RADIXFLOW_TEST_HOOKS") == "1" else {}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,7 +27,6 @@ class ForwardBatch:
     kv_indices: torch.Tensor  # int64 [B, max(seq_lens)]: slots to read, padded with 0
     logits_indices: torch.Tensor  # int64 [N]: rows of the hidden states that need logits
     attn_metadata: Any = None  # filled by the attention backend's init_forward_metadata
-    extra: dict = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:

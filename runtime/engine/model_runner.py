@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 import torch
 
 from runtime.cache.kv_pool import KVPool, ReqToTokenTable
+from runtime.components import ATTENTION_BACKENDS, load
 from runtime.config import EngineConfig, ModelConfig
 from runtime.engine.forward_batch import ForwardMode
 from runtime.engine.sampler import SamplingBatch, compute_logprobs, greedy_tokens, is_plain_greedy, sample
-from runtime.layers.attention import TorchNativeBackend
 from runtime.models.loader import load_model
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ class ModelRunner:
         self.pool = KVPool(mc.num_layers, num_slots, mc.num_kv_heads, mc.head_dim, self.dtype,
                            self.device, cfg.page_size)
         self.table = ReqToTokenTable(cfg.max_running_requests, self.context_len, self.device)
-        self.attn = TorchNativeBackend(self.pool, mc.num_heads, mc.num_kv_heads, mc.head_dim)
+        backend = load(ATTENTION_BACKENDS, cfg.resolved_attention_backend(), "attention backend")
+        self.attn = backend(self.pool, mc.num_heads, mc.num_kv_heads, mc.head_dim)
         self.forward_time = 0.0  # seconds spent in model forward + logits (for overhead stats)
         logger.info("model %s (%s) on %s, %s; KV pool %d tokens; context %d", mc.architecture,
                     model_path, self.device, self.dtype, self.pool.capacity, self.context_len)

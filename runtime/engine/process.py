@@ -5,7 +5,7 @@ re-imports the caller's `__main__` (a plain script that builds an `Engine` at mo
 level just works, unlike a multiprocessing `spawn` child). Parent and child talk over one
 authenticated `multiprocessing.connection` socket of pickled `runtime.core` dataclasses:
   parent -> child: the (EngineConfig, model path) to load, then GenerateRequest |
-                   AbortRequest | ControlRequest;
+                   AbortRequest | a Control message;
   child -> parent: EngineReady | EngineFailed, then lists of TokenOut / ControlReply.
 When either side dies the other's `recv` raises EOFError at once (the kernel closes the
 socket), which is how the parent notices a killed engine and the child an orphaned one.
@@ -22,7 +22,7 @@ import threading
 import time
 from multiprocessing.connection import Client, Connection, Listener
 
-from runtime.core import ControlRequest, EngineDeadError
+from runtime.core import EngineDeadError, Shutdown
 
 AUTHKEY_ENV = "RADIXFLOW_ENGINE_AUTHKEY"
 FAMILY = "AF_UNIX" if hasattr(socket, "AF_UNIX") else "AF_INET"
@@ -80,7 +80,7 @@ class EngineProcess:
         """Ask the child to stop; terminate, then kill, if it does not."""
         if self.is_alive():
             try:
-                self.send(ControlRequest("stop", "shutdown"))
+                self.send(Shutdown())
             except EngineDeadError:
                 pass
             try:

@@ -25,16 +25,21 @@ def prefix_key(req: Req) -> list[int]:
     return req.fill_ids[:limit]
 
 
-def order_waiting(policy: str, waiting: list[Req], cache: PrefixCache) -> list[Req]:
-    if policy == "fcfs" or len(waiting) <= 1 or (policy == "lpm" and len(waiting) > LPM_MAX_QUEUE):
+def order_fcfs(waiting: list[Req], cache: PrefixCache) -> list[Req]:
+    return waiting
+
+
+def order_longest_prefix(waiting: list[Req], cache: PrefixCache) -> list[Req]:
+    if len(waiting) <= 1 or len(waiting) > LPM_MAX_QUEUE:
+        return waiting
+    matches = {id(r): cache.match_prefix(prefix_key(r), r.extra_key).prefix_len for r in waiting}
+    return sorted(waiting, key=lambda r: -matches[id(r)])  # stable: ties stay fcfs
+
+
+def order_dfs_weight(waiting: list[Req], cache: PrefixCache) -> list[Req]:
+    if len(waiting) <= 1:
         return waiting
     matches = {id(r): cache.match_prefix(prefix_key(r), r.extra_key) for r in waiting}
-    if policy == "lpm":
-        return sorted(waiting, key=lambda r: -matches[id(r)].prefix_len)  # stable: ties stay fcfs
-    return _dfs_weight(waiting, matches)
-
-
-def _dfs_weight(waiting: list[Req], matches: dict) -> list[Req]:
     by_node: dict[int, list[Req]] = defaultdict(list)
     nodes: dict[int, object] = {}
     for r in waiting:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from runtime.cache.kv_pool import KVPool, ReqToTokenTable
 from runtime.cache.prefix_cache import PrefixCache
+from runtime.components import SCHEDULE_POLICIES, load
 from runtime.config import EngineConfig
 from runtime.core import FinishKind, FinishReason, GenerateRequest, Req, TokenOut
 from runtime.engine.batch_builder import DecodeInputs, ScheduledBatch, build_decode, build_extend
 from runtime.engine.forward_batch import ForwardMode
-from runtime.engine.schedule_policy import order_waiting, prefix_key
+from runtime.engine.schedule_policy import prefix_key
 
 DECODE_RESERVE_PER_REQ = 16  # slots kept free per running request when admitting prefills
 IN_BATCH_SHARE_MIN = 32  # defer a request that would share this many uncached tokens with the batch
@@ -23,6 +24,7 @@ class Scheduler:
     def __init__(self, cfg: EngineConfig, runner, pool: KVPool, table: ReqToTokenTable,
                  cache: PrefixCache, context_len: int, eos_ids: tuple[int, ...], grammars=None) -> None:
         self.cfg, self.runner, self.pool, self.table, self.cache = cfg, runner, pool, table, cache
+        self.order_waiting = load(SCHEDULE_POLICIES, cfg.schedule_policy, "schedule policy")
         self.context_len = context_len
         self.eos_ids = set(eos_ids)
         self.waiting: list[Req] = []
@@ -130,7 +132,7 @@ class Scheduler:
                       for r in self.running)
         reqs, extend_lens = [], []
         carried_over, self.partial = self.partial, []
-        candidates = carried_over + order_waiting(self.cfg.schedule_policy, self.waiting, self.cache)
+        candidates = carried_over + self.order_waiting(self.waiting, self.cache)
         for req in candidates:
             carried = req.table_row is not None  # already holds KV (in carried_over)
             if budget <= 0 or len(self.running) + len(reqs) >= self.cfg.max_running_requests:
@@ -348,7 +350,7 @@ class Scheduler:
     def _token_out(self, req: Req) -> TokenOut:
         new = req.output_ids[req.num_sent:]
         out = TokenOut(
-            rid=req.rid, new_token_ids=new, new_text="", finished=req.finished,
+            rid=req.rid, new_token_ids=new, finished=req.finished,
             finish_reason=req.finish_reason, prompt_tokens=len(req.origin_input_ids),
             completion_tokens=len(req.output_ids), cached_tokens=req.cached_tokens)
         if req.return_logprob:

@@ -43,7 +43,7 @@ from runtime.lang.ir import (
     role_block,
 )
 from runtime.lang.tools import call_plan, openai_tool_call, parse_calls, tool_dicts
-from runtime.server.prompt_tools import format_calls
+from runtime.tool_calls.prompt_format import format_calls
 
 
 class ProgramState:

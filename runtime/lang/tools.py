@@ -21,7 +21,7 @@ import re
 import typing
 from dataclasses import dataclass
 
-from runtime.server.tool_parsers import ToolParser, call_schema
+from runtime.tool_calls.parsers import ToolParser, call_schema
 
 _ARG_LINE = re.compile(r"^\s*(\w+)\s*(?:\([^)]*\))?\s*:\s*(.+)$")
 

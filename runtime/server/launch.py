@@ -15,16 +15,22 @@ import signal
 import socket
 import sys
 
+from runtime.config import add_engine_args, engine_options
+
 logger = logging.getLogger("radixflow.server")
 
 GRACEFUL_S = 5
 
 
-def add_server_args(p: argparse.ArgumentParser) -> None:
-    """Server flags beyond --host/--port/--api-key (which cli.py declares)."""
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    """Every `radixflow serve` flag: the engine's (from EngineConfig), then the server's."""
     from runtime.server.state import DEFAULT_MAX_REQUEST_BYTES
-    from runtime.server.tool_parsers import PARSERS
+    from runtime.tool_calls.parsers import PARSERS
 
+    add_engine_args(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=30000)
+    p.add_argument("--api-key", default=None, help="clients must send it as a Bearer token")
     p.add_argument("--served-model-name", default=None,
                    help="model name clients send (default: --model-path, or SmolLM2-135M-Instruct for the "
                         "default model, radixflow-demo for the random demo)")
@@ -71,7 +77,6 @@ def _check_port_free(host: str, port: int) -> None:
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from runtime.cli import engine_options
     from runtime.engine.api import Engine
     from runtime.server.app import create_app
 
@@ -108,14 +113,8 @@ def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m runtime.server.launch`: the same as `radixflow serve`."""
-    from runtime.cli import add_engine_args
-
     parser = argparse.ArgumentParser(prog="radixflow serve")
-    add_engine_args(parser)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=30000)
-    parser.add_argument("--api-key", default=None)
-    add_server_args(parser)
+    add_serve_args(parser)
     serve(parser.parse_args(argv))
 
 

@@ -39,7 +39,7 @@ from runtime.server.streaming import (
     sse,
     sse_error,
 )
-from runtime.server.tool_parsers import (
+from runtime.tool_calls.parsers import (
     JsonArrayParser,
     NamedFunctionParser,
     ToolCallStreamer,

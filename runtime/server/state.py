@@ -15,7 +15,7 @@ from runtime.prompt_check import check_prompt_text
 from runtime.server.chat_template import ChatTemplate
 from runtime.server.errors import APIError
 from runtime.server.metrics import ServerMetrics
-from runtime.server.prompt_tools import template_input
+from runtime.tool_calls.prompt_format import template_input
 
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 RETRY_AFTER_S = 1
@@ -38,7 +38,7 @@ class ServerSettings:
 
 class ServerState:
     def __init__(self, engine, settings: ServerSettings) -> None:
-        from runtime.server.tool_parsers import get_parser
+        from runtime.tool_calls.parsers import get_parser
 
         self.engine, self.settings = engine, settings
         self.tokenizer = engine.tokenizer

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from runtime.server.chat_template import ChatTemplate, TemplateError
-from runtime.server.json_scan import scan_value
-from runtime.server.tool_parsers import (
+from runtime.tool_calls.json_scan import scan_value
+from runtime.tool_calls.parsers import (
     JsonArrayParser,
     NamedFunctionParser,
     ToolCallStreamer,
@@ -151,7 +151,7 @@ def test_prompt_format_parse_and_stream_agree():
 
 
 def test_messages_with_tools_in_prompt_round_trips_through_the_parser():
-    from runtime.server.prompt_tools import messages_with_tools_in_prompt
+    from runtime.tool_calls.prompt_format import messages_with_tools_in_prompt
 
     tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
     call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}

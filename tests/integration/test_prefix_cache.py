@@ -96,15 +96,15 @@ def test_policies_serve_everything(path, policy):
 
 
 def test_flush_refused_while_running_then_allowed(path):
-    from runtime.core import ControlRequest, GenerateRequest, SamplingParams
+    from runtime.core import FlushCache, GenerateRequest, SamplingParams
 
     core = make_core(path)
     core.handle(GenerateRequest("x", [1, 2, 3], SamplingParams(max_new_tokens=50, ignore_eos=True)))
     core.step()
-    reply = core.handle(ControlRequest("c1", "flush_cache"))[0]
+    reply = core.handle(FlushCache())[0]
     assert not reply.ok and "running" in reply.error
     while core.scheduler.has_work:
         core.step()
-    assert core.handle(ControlRequest("c2", "flush_cache"))[0].ok
+    assert core.handle(FlushCache())[0].ok
     assert core.cache.total_size() == 0
     core.scheduler.check_no_leaks()

@@ -1,10 +1,10 @@
-"""`radixflow serve` flags: one for every EngineConfig field, passed through unchanged."""
+"""`radixflow serve` flags: one for every EngineConfig field (generated from it), passed
+through unchanged."""
 
 import argparse
 import dataclasses
 
-from runtime.cli import add_engine_args, engine_options
-from runtime.config import EngineConfig
+from runtime.config import EngineConfig, add_engine_args, engine_options
 
 
 def test_every_engine_option_has_a_flag():

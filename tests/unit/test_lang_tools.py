@@ -15,7 +15,7 @@ from runtime.chat_roles import read_chat_roles
 from runtime.lang.backends.base import Backend
 from runtime.lang.backends.openai_backend import OpenAI
 from runtime.lang.tools import call_plan, parse_calls, tool_dict, tool_dicts
-from runtime.server.tool_parsers import get_parser
+from runtime.tool_calls.parsers import get_parser
 
 
 def get_weather(city: str, days: int = 1) -> str:

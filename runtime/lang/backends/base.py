@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 from runtime.chat_roles import ChatRoles
 from runtime.lang.choices import ChoiceScore
-from runtime.server.tool_parsers import ToolParser
+from runtime.tool_calls.parsers import ToolParser
 
 SCORE_PARAMS = {"max_new_tokens": 0, "temperature": 0.0}  # scoring reads prompt logprobs only
 

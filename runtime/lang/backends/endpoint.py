@@ -11,7 +11,7 @@ import httpx
 
 from runtime.chat_roles import ChatRoles
 from runtime.lang.backends.base import SCORE_PARAMS, Backend
-from runtime.server.tool_parsers import ToolParser, get_parser
+from runtime.tool_calls.parsers import ToolParser, get_parser
 
 
 class RuntimeEndpoint(Backend):

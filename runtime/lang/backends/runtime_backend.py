@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 from runtime.chat_roles import ChatRoles, read_chat_roles
 from runtime.lang.backends.base import SCORE_PARAMS, Backend
-from runtime.server.prompt_tools import template_input
-from runtime.server.tool_parsers import ToolParser, get_parser
+from runtime.tool_calls.parsers import ToolParser, get_parser
+from runtime.tool_calls.prompt_format import template_input
 
 
 class Runtime(Backend):

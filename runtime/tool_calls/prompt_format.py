@@ -9,7 +9,7 @@ was trained on) before the template sees it:
   * an assistant message's `tool_calls` become that text in its content;
   * a `tool` message stays a `tool` turn with its content as it is (SmolLM2 answers from
     it; wrapped in `<tool_response>` tags, or as a user turn, it echoes the result instead).
-`tool_parsers.PromptToolsParser` reads the calls back; with `tool_choice="auto"` a structural tag holds
+`parsers.PromptToolsParser` reads the calls back; with `tool_choice="auto"` a structural tag holds
 each call's arguments to its tool's schema once the model opens `<tool_call>`.
 """
 

@@ -21,8 +21,8 @@ import re
 import uuid
 from dataclasses import dataclass
 
-from runtime.server.json_scan import PartialCall, scan_call
-from runtime.server.prompt_tools import template_renders_tools
+from runtime.tool_calls.json_scan import PartialCall, scan_call
+from runtime.tool_calls.prompt_format import template_renders_tools
 
 
 def new_call_id() -> str:

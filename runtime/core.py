@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -20,17 +21,51 @@ class FinishKind(str, enum.Enum):
     ABORT = "abort"
 
 
+class AbortCause(str, enum.Enum):
+    """Why an abort ended a request; `status` is the HTTP status a server answers with."""
+
+    CANCELLED = "cancelled"  # the caller aborted it (disconnect, abort(rid)): nobody waits for an answer
+    INVALID_REQUEST = "invalid_request"  # it cannot run as given (a grammar too large, a prompt too long)
+    ENGINE_GONE = "engine_gone"  # the engine process stopped or was shut down
+    INTERNAL = "internal"  # a bug in the engine (a step raised)
+
+    @property
+    def status(self) -> int:
+        return {"cancelled": 499, "invalid_request": 400, "engine_gone": 503, "internal": 500}[self.value]
+
+
 @dataclass
 class FinishReason:
     kind: FinishKind
     matched: int | str | None = None  # the stop token id or stop string that ended it
-    message: str | None = None  # set for aborts caused by errors
+    message: str | None = None  # set for aborts
+    cause: AbortCause | None = None  # set for aborts
+
+    @classmethod
+    def abort(cls, cause: AbortCause, message: str) -> "FinishReason":
+        return cls(FinishKind.ABORT, message=message, cause=cause)
 
     def to_dict(self) -> dict[str, Any]:
+        """SGLang's shape: aborts also carry "message" and "status_code"."""
         out: dict[str, Any] = {"type": self.kind.value, "matched": self.matched}
         if self.message is not None:
             out["message"] = self.message
+        if self.cause is not None:
+            out["status_code"] = self.cause.status
         return out
+
+
+class SamplingParamError(ValueError):
+    """A sampling parameter out of its range; `name` is the field (SGLang's name)."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+# The OpenAI API's (and SGLang frontend's) names for SamplingParams fields named otherwise.
+OPENAI_NAMES = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens", "sampling_seed": "seed"}
+MAX_TEMPERATURE = 2.0  # OpenAI's documented bound, applied to every API
 
 
 @dataclass
@@ -95,21 +130,28 @@ class SamplingParams:
     def validate(self, vocab_size: int | None = None) -> None:
         def check(cond: bool, name: str, rule: str) -> None:
             if not cond:
-                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+                raise SamplingParamError(name, f"{name} must be {rule}, got {getattr(self, name)!r}")
+
+        def number(value) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
         check(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 0,
               "max_new_tokens", "an integer >= 0")
-        check(self.temperature >= 0.0, "temperature", ">= 0")
-        check(0.0 < self.top_p <= 1.0, "top_p", "in (0, 1]")
+        check(number(self.temperature) and 0.0 <= self.temperature <= MAX_TEMPERATURE,
+              "temperature", f"in [0, {MAX_TEMPERATURE:g}]")
+        check(number(self.top_p) and 0.0 < self.top_p <= 1.0, "top_p", "in (0, 1]")
         check(isinstance(self.top_k, int) and (self.top_k >= 1 or self.top_k in (-1, 0)),
               "top_k", "a positive integer, or -1/0 to disable")
-        check(0.0 <= self.min_p <= 1.0, "min_p", "in [0, 1]")
+        check(number(self.min_p) and 0.0 <= self.min_p <= 1.0, "min_p", "in [0, 1]")
         check(isinstance(self.min_new_tokens, int) and self.min_new_tokens >= 0,
               "min_new_tokens", "an integer >= 0")
         check(isinstance(self.n, int) and 1 <= self.n <= 128, "n", "an integer in [1, 128]")
-        check(-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty", "in [-2, 2]")
-        check(-2.0 <= self.presence_penalty <= 2.0, "presence_penalty", "in [-2, 2]")
-        check(0.0 < self.repetition_penalty <= 10.0, "repetition_penalty", "in (0, 10]")
+        check(number(self.frequency_penalty) and -2.0 <= self.frequency_penalty <= 2.0,
+              "frequency_penalty", "in [-2, 2]")
+        check(number(self.presence_penalty) and -2.0 <= self.presence_penalty <= 2.0,
+              "presence_penalty", "in [-2, 2]")
+        check(number(self.repetition_penalty) and 0.0 < self.repetition_penalty <= 10.0,
+              "repetition_penalty", "in (0, 10]")
         check(self.sampling_seed is None or isinstance(self.sampling_seed, int),
               "sampling_seed", "an integer or None")
         check(self.stop is None or isinstance(self.stop, str)
@@ -121,14 +163,14 @@ class SamplingParams:
         try:
             self.stop_regexes
         except Exception as e:  # regex.error
-            raise ValueError(f"stop_regex is not a valid regular expression: {e}") from None
+            raise SamplingParamError("stop_regex", f"stop_regex is not a valid regular expression: {e}") from None
         if self.stop_token_ids is not None:
             check(all(isinstance(t, int) and t >= 0 and (vocab_size is None or t < vocab_size)
                       for t in self.stop_token_ids),
                   "stop_token_ids", f"token ids in [0, {vocab_size})")
         num_constraints = sum(x is not None for x in (self.json_schema, self.regex, self.ebnf, self.structural_tag))
         if num_constraints > 1:
-            raise ValueError("only one of json_schema, regex, ebnf, structural_tag may be set")
+            raise SamplingParamError("json_schema", "only one of json_schema, regex, ebnf, structural_tag may be set")
 
 
 class EngineDeadError(RuntimeError):
@@ -139,6 +181,30 @@ def new_rid() -> str:
     return uuid.uuid4().hex
 
 
+@dataclass(frozen=True)
+class RequestOptions:
+    """A request's options besides its prompt and sampling parameters: what it returns
+    and which cache namespace it uses. One object from `Engine.generate` (its keyword
+    arguments of these names) through GenerateRequest into the engine's Req."""
+
+    return_logprob: bool = False
+    logprob_start_len: int = -1  # -1: no prompt logprobs; k: prompt logprobs from position k
+    top_logprobs_num: int = 0  # top alternatives per logprob position (0-20)
+    return_text_in_logprobs: bool = False  # token texts next to logprobs (the front end detokenizes)
+    stream: bool = False  # the engine sends every step's tokens, not only the end
+    cache_salt: str | None = None  # prefix-cache namespace: requests share KV only within one salt
+
+    def validate(self, prompt_len: int) -> None:
+        if not isinstance(self.logprob_start_len, int) or not -1 <= self.logprob_start_len < prompt_len:
+            raise ValueError(f"logprob_start_len must be -1 or in [0, {prompt_len}), got {self.logprob_start_len!r}")
+        if not isinstance(self.top_logprobs_num, int) or not 0 <= self.top_logprobs_num <= 20:
+            raise ValueError(f"top_logprobs_num must be in [0, 20], got {self.top_logprobs_num!r}")
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        return self.return_logprob and self.logprob_start_len >= 0
+
+
 @dataclass
 class GenerateRequest:
     """One generation request as it crosses into the engine process (already tokenized)."""
@@ -146,11 +212,7 @@ class GenerateRequest:
     rid: str
     input_ids: list[int]
     sampling_params: SamplingParams
-    return_logprob: bool = False
-    logprob_start_len: int = -1  # -1: no prompt logprobs; k: prompt logprobs from position k
-    top_logprobs_num: int = 0
-    stream: bool = False
-    extra_key: str | None = None  # prefix-cache namespace (the API's cache_salt)
+    options: RequestOptions = field(default_factory=RequestOptions)
     arrival_time: float = field(default_factory=time.time)
 
 
@@ -195,12 +257,8 @@ class Req:
     rid: str
     origin_input_ids: list[int]
     sampling_params: SamplingParams
-    return_logprob: bool = False
-    logprob_start_len: int = -1
-    top_logprobs_num: int = 0
-    extra_key: str | None = None  # cache namespace (cache_salt)
+    options: RequestOptions = field(default_factory=RequestOptions)
     arrival_time: float = field(default_factory=time.time)
-    stream: bool = False
 
     output_ids: list[int] = field(default_factory=list)
     table_row: int | None = None
@@ -234,8 +292,9 @@ class Req:
         return self.finish_reason is not None
 
     @property
-    def wants_prompt_logprobs(self) -> bool:
-        return self.return_logprob and self.logprob_start_len >= 0
+    def extra_key(self) -> str | None:
+        """The prefix-cache namespace (the request's cache_salt)."""
+        return self.options.cache_salt
 
 
 # ---- control messages: operations other than generation, one dataclass each --------

@@ -9,7 +9,7 @@ import time
 import torch
 
 from runtime.config import EngineConfig
-from runtime.core import GenerateRequest, SamplingParams
+from runtime.core import GenerateRequest, RequestOptions, SamplingParams
 
 ARCHS = ("llama", "qwen2", "qwen3", "mistral")
 PROMPT_LENS = (1, 5, 17, 64, 100, 150, 233, 300)
@@ -28,11 +28,13 @@ def make_core(model_path, **options):
     return EngineCore(EngineConfig(model_path=str(model_path), **options), str(model_path))
 
 
-def run_core(core, prompts, params: dict | list[dict], stagger_steps: int = 0, **req_kw) -> dict[str, dict]:
-    """Submit prompts (one every `stagger_steps` steps when > 0) and step until all end.
-    Returns rid -> {"output_ids", "finish_reason", "logprobs", "cached_tokens", ...}."""
+def run_core(core, prompts, params: dict | list[dict], stagger_steps: int = 0, **options) -> dict[str, dict]:
+    """Submit prompts (one every `stagger_steps` steps when > 0) and step until all end;
+    `options` are RequestOptions fields. Returns rid -> {"output_ids", "finish_reason",
+    "logprobs", "cached_tokens", ...}."""
     params_list = params if isinstance(params, list) else [params] * len(prompts)
-    pending = [GenerateRequest(rid=f"r{i}", input_ids=p, sampling_params=SamplingParams(**sp), **req_kw)
+    opts = RequestOptions(**options)
+    pending = [GenerateRequest(rid=f"r{i}", input_ids=p, sampling_params=SamplingParams(**sp), options=opts)
                for i, (p, sp) in enumerate(zip(prompts, params_list))]
     results: dict[str, dict] = {}
     steps = 0

@@ -240,6 +240,10 @@ class GrammarMatcher(abc.ABC):
     def copy(self) -> "GrammarMatcher":
         raise NotImplementedError(f"{type(self).__name__} cannot be copied")
 
+    def error(self) -> str | None:
+        """Why the matcher failed, when it hit an internal limit (None: no failure)."""
+        return None
+
 
 class GrammarBackend(abc.ABC):
     """Compiles specs and makes matchers for one tokenizer / model vocabulary.

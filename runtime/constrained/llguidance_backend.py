@@ -20,6 +20,7 @@ from typing import Any
 
 import llguidance as llg
 import llguidance.hf
+import numpy as np
 import torch
 from llguidance.gbnf_to_lark import any_to_lark
 
@@ -144,7 +145,21 @@ class LLGuidanceBackend(GrammarBackend):
         prototype = llg.LLMatcher(self.ll_tokenizer, grammar, log_level=0)
         if prototype.is_error():
             raise GrammarError(f"llguidance rejected the {spec.kind} grammar: {_short(prototype.get_error())}")
+        self._probe_first_token(prototype, spec)
         return CompiledGrammar(spec, prototype, warnings=tuple(messages))
+
+    def _probe_first_token(self, prototype: llg.LLMatcher, spec: GrammarSpec) -> None:
+        """A grammar past llguidance's size limits (a lexer over `(a{1000}){1000}`, an
+        Earley row of 5,000 alternatives) compiles and fails at its first token. Try the
+        first token the mask allows on a copy, so such a grammar is refused at compile."""
+        probe = prototype.deep_copy()
+        words = np.frombuffer(probe.compute_bitmask(), dtype=np.uint32)
+        for word in np.flatnonzero(words)[:1]:
+            token = int(word) * 32 + (int(words[word]) & -int(words[word])).bit_length() - 1
+            if token not in self.vocab.eos_ids and not probe.try_consume_tokens([token]) and probe.is_error():
+                raise GrammarError(f"the {spec.kind} grammar is too large for llguidance "
+                                   f"({_short(probe.get_error(), 200)}): use fewer or smaller bounded "
+                                   f"repetitions and alternatives")
 
     def _new_matcher(self, compiled: CompiledGrammar) -> GrammarMatcher:
         return LLGuidanceMatcher(compiled.handle.deep_copy(), self, compiled.allowed_added_ids)
@@ -209,6 +224,9 @@ class LLGuidanceMatcher(GrammarMatcher):
             num_tokens -= 1
         if num_tokens > 0 and not self._m.rollback(num_tokens):
             raise ValueError(f"llguidance cannot roll back {num_tokens} tokens: {self._m.get_error()}")
+
+    def error(self) -> str | None:
+        return _short(self._m.get_error(), 200) if self._m.is_error() else None
 
     def copy(self) -> "LLGuidanceMatcher":
         other = LLGuidanceMatcher(self._m.deep_copy(), self._backend, self._allowed_added)

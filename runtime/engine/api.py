@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import dataclasses
 import logging
 import queue
 import threading
@@ -16,6 +17,7 @@ from typing import Any, AsyncIterator, Iterator
 
 from runtime.config import EngineConfig
 from runtime.core import (
+    AbortCause,
     AbortRequest,
     CheckLeaks,
     Control,
@@ -23,13 +25,13 @@ from runtime.core import (
     EngineDeadError,
     EngineFailed,
     EngineReady,
-    FinishKind,
     FinishReason,
     FlushCache,
     GenerateRequest,
     GetInfo,
     InjectFault,
     LookupPageHashes,
+    RequestOptions,
     SamplingParams,
     TokenOut,
     new_rid,
@@ -38,7 +40,7 @@ from runtime.engine.detokenizer import IncrementalDetokenizer
 from runtime.engine.output_processor import RequestState
 from runtime.engine.process import EngineProcess
 from runtime.models.resolve import resolve_model
-from runtime.prompt_check import check_prompt_text, max_prompt_bytes
+from runtime.prompt_check import check_fits, check_prompt_text, max_prompt_bytes
 
 logger = logging.getLogger("radixflow")
 
@@ -159,12 +161,12 @@ class Engine:
         with self._lock:
             entries, self._states = list(self._states.values()), {}
         for state, waiter in entries:
-            state.finished, state.finish_reason = True, FinishReason(FinishKind.ABORT, message=reason)
+            state.finished, state.finish_reason = True, FinishReason.abort(AbortCause.ENGINE_GONE, reason)
             waiter.put(True)
 
     # ---- submission ---------------------------------------------------------
-    def _prepare(self, prompt, input_ids, sampling_params, return_logprob, logprob_start_len,
-                 top_logprobs_num, stream, rid, cache_salt) -> list[GenerateRequest]:
+    def _prepare(self, prompt, input_ids, sampling_params, options: RequestOptions,
+                 rid: str | None) -> list[GenerateRequest]:
         """Validate and tokenize one prompt; n > 1 becomes n requests (they share the
         prompt's KV through the prefix cache)."""
         self._check_running()
@@ -177,42 +179,29 @@ class Engine:
                 raise ValueError("prompt must be a string (or pass input_ids)")
             check_prompt_text(prompt, self.max_prompt_bytes)
             input_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
-        if not input_ids:
-            raise ValueError("the prompt is empty: at least one token is required")
         bad = [t for t in input_ids if not isinstance(t, int) or not 0 <= t < vocab]
         if bad:
             raise ValueError(f"input_ids contains token ids outside the vocabulary [0, {vocab}): {bad[:5]}")
-        limit = self.info["context_length"]
-        if len(input_ids) >= limit:
-            raise ValueError(f"the prompt has {len(input_ids)} tokens; the context length is {limit} "
-                             f"(prompt tokens must be < context length)")
-        if len(input_ids) + 1 > self.info["max_total_tokens"]:
-            raise ValueError(f"the prompt has {len(input_ids)} tokens; the KV pool holds "
-                             f"{self.info['max_total_tokens']} (max_total_tokens)")
-        if not isinstance(logprob_start_len, int) or logprob_start_len < -1 or logprob_start_len >= len(input_ids):
-            raise ValueError(f"logprob_start_len must be -1 or in [0, {len(input_ids)}), got {logprob_start_len!r}")
-        if not isinstance(top_logprobs_num, int) or not 0 <= top_logprobs_num <= 20:
-            raise ValueError(f"top_logprobs_num must be in [0, 20], got {top_logprobs_num!r}")
+        check_fits(len(input_ids), params.max_new_tokens, self.info["context_length"], self.info["max_total_tokens"])
+        options.validate(len(input_ids))
+        if not options.return_logprob:
+            options = dataclasses.replace(options, logprob_start_len=-1)
         rid = rid or new_rid()
         n = params.n
         reqs = []
         for i in range(n):
-            sp = SamplingParams(**{**params.__dict__, "n": 1})
+            sp = dataclasses.replace(params, n=1)
             if n > 1 and sp.sampling_seed is not None:
                 sp.sampling_seed += i
-            reqs.append(GenerateRequest(
-                rid=rid if n == 1 else f"{rid}-{i}", input_ids=list(input_ids), sampling_params=sp,
-                return_logprob=return_logprob, logprob_start_len=logprob_start_len if return_logprob else -1,
-                top_logprobs_num=top_logprobs_num, stream=stream, extra_key=cache_salt))
+            reqs.append(GenerateRequest(rid=rid if n == 1 else f"{rid}-{i}", input_ids=list(input_ids),
+                                        sampling_params=sp, options=options))
         return reqs
 
-    def _submit(self, req: GenerateRequest, loop=None,
-                return_text_in_logprobs: bool = False) -> tuple[RequestState, _Waiter]:
+    def _submit(self, req: GenerateRequest, loop=None) -> tuple[RequestState, _Waiter]:
         sp = req.sampling_params
         detok = IncrementalDetokenizer(self.tokenizer, skip_special_tokens=sp.skip_special_tokens,
                                        spaces_between_special_tokens=sp.spaces_between_special_tokens)
-        state = RequestState(req.rid, sp, detok, prompt_tokens=len(req.input_ids),
-                             return_text_in_logprobs=return_text_in_logprobs)
+        state = RequestState(req.rid, sp, req.options, detok, prompt_tokens=len(req.input_ids))
         waiter = _Waiter(loop)
         with self._lock:
             if req.rid in self._states:
@@ -240,37 +229,36 @@ class Engine:
         return prompts, ids, sps, True
 
     def generate(self, prompt: str | list[str] | None = None, sampling_params: dict | list | None = None,
-                 input_ids: list[int] | list[list[int]] | None = None, stream: bool = False,
-                 return_logprob: bool = False, logprob_start_len: int = -1, top_logprobs_num: int = 0,
-                 rid: str | None = None, cache_salt: str | None = None,
-                 return_text_in_logprobs: bool = False) -> Any:
+                 input_ids: list[int] | list[list[int]] | None = None, rid: str | None = None,
+                 **options: Any) -> Any:
         """Blocking generation. One prompt -> a result dict (a list of n dicts when
-        n > 1); a list of prompts -> a list. stream=True -> an iterator of chunks."""
+        n > 1); a list of prompts -> a list. `options`: the RequestOptions fields
+        (stream, return_logprob, logprob_start_len, top_logprobs_num, cache_salt,
+        return_text_in_logprobs); stream=True -> an iterator of chunks."""
+        opts = request_options(options)
         prompts, ids, sps, is_batch = self._normalize_batch(prompt, input_ids, sampling_params)
-        groups = [self._prepare(p, i, s, return_logprob, logprob_start_len, top_logprobs_num, stream,
-                                rid if not is_batch else None, cache_salt)
-                  for p, i, s in zip(prompts, ids, sps)]
-        if stream:
+        groups = [self._prepare(p, i, s, opts, rid if not is_batch else None) for p, i, s in zip(prompts, ids, sps)]
+        if opts.stream:
             if is_batch or len(groups[0]) > 1:
                 raise ValueError("stream=True takes a single prompt with n=1")
-            return self._stream(groups[0][0], return_logprob, return_text_in_logprobs)
-        submitted = [[self._submit(r, None, return_text_in_logprobs) for r in group] for group in groups]
-        results = [[self._wait(state, waiter, return_logprob) for state, waiter in group] for group in submitted]
+            return self._stream(groups[0][0])
+        submitted = [[self._submit(r) for r in group] for group in groups]
+        results = [[self._wait(state, waiter) for state, waiter in group] for group in submitted]
         flat = [g[0] if len(g) == 1 else g for g in results]
         return flat if is_batch else flat[0]
 
-    def _wait(self, state: RequestState, waiter: _Waiter, return_logprob: bool) -> dict:
+    def _wait(self, state: RequestState, waiter: _Waiter) -> dict:
         while not waiter.queue.get():
             pass
-        return state.result(return_logprob)
+        return state.result()
 
-    def _stream(self, req: GenerateRequest, return_logprob: bool, text_in_logprobs: bool) -> Iterator[dict]:
-        state, waiter = self._submit(req, None, text_in_logprobs)
+    def _stream(self, req: GenerateRequest) -> Iterator[dict]:
+        state, waiter = self._submit(req)
         sent = 0
         try:
             while True:
                 finished = waiter.queue.get()
-                chunk, sent = _next_chunk(state, sent, finished, return_logprob)
+                chunk, sent = _next_chunk(state, sent, finished)
                 if chunk is not None:
                     yield chunk
                 if finished:
@@ -280,26 +268,23 @@ class Engine:
                 self.abort(req.rid)
 
     async def async_generate(self, prompt: str | None = None, sampling_params: dict | None = None,
-                             input_ids: list[int] | None = None, stream: bool = False,
-                             return_logprob: bool = False, logprob_start_len: int = -1,
-                             top_logprobs_num: int = 0, rid: str | None = None,
-                             cache_salt: str | None = None, return_text_in_logprobs: bool = False):
+                             input_ids: list[int] | None = None, rid: str | None = None, **options: Any):
         """Async twin of `generate` for one prompt: returns the result dict (a list when
         n > 1), or with stream=True an async iterator of chunks."""
-        reqs = self._prepare(prompt, input_ids, sampling_params, return_logprob, logprob_start_len,
-                             top_logprobs_num, stream, rid, cache_salt)
+        opts = request_options(options)
+        reqs = self._prepare(prompt, input_ids, sampling_params, opts, rid)
         loop = asyncio.get_running_loop()
-        if stream:
+        if opts.stream:
             if len(reqs) > 1:
                 raise ValueError("stream=True takes n=1")
-            return self._astream(reqs[0], return_logprob, loop, return_text_in_logprobs)
-        submitted = [self._submit(r, loop, return_text_in_logprobs) for r in reqs]
+            return self._astream(reqs[0], loop)
+        submitted = [self._submit(r, loop) for r in reqs]
         try:
             results = []
             for state, waiter in submitted:
                 while not await waiter.queue.get():
                     pass
-                results.append(state.result(return_logprob))
+                results.append(state.result())
         except asyncio.CancelledError:
             for state, _ in submitted:
                 if not state.finished:
@@ -307,14 +292,13 @@ class Engine:
             raise
         return results[0] if len(results) == 1 else results
 
-    async def _astream(self, req: GenerateRequest, return_logprob: bool, loop,
-                       text_in_logprobs: bool) -> AsyncIterator[dict]:
-        state, waiter = self._submit(req, loop, text_in_logprobs)
+    async def _astream(self, req: GenerateRequest, loop) -> AsyncIterator[dict]:
+        state, waiter = self._submit(req, loop)
         sent = 0
         try:
             while True:
                 finished = await waiter.queue.get()
-                chunk, sent = _next_chunk(state, sent, finished, return_logprob)
+                chunk, sent = _next_chunk(state, sent, finished)
                 if chunk is not None:
                     yield chunk
                 if finished:
@@ -387,9 +371,18 @@ class Engine:
         self.shutdown()
 
 
-def _next_chunk(state: RequestState, sent: int, finished: bool, return_logprob: bool) -> tuple[dict | None, int]:
+def request_options(options: dict) -> RequestOptions:
+    """`generate(**options)` as RequestOptions; an unknown name is a TypeError listing the known ones."""
+    known = {f.name for f in dataclasses.fields(RequestOptions)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"unknown generate option(s) {unknown}; known: {sorted(known)}")
+    return RequestOptions(**options)
+
+
+def _next_chunk(state: RequestState, sent: int, finished: bool) -> tuple[dict | None, int]:
     """A stream chunk (cumulative text plus the new `delta`) if there is news."""
-    result = state.result(return_logprob)
+    result = state.result()
     if len(result["text"]) > sent or finished:
         result["delta"] = result["text"][sent:]
         return result, len(result["text"])

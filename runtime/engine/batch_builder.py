@@ -116,8 +116,8 @@ def build_decode(pool: KVPool, table: ReqToTokenTable, reqs: list[Req],
 def _prompt_logprob_positions(req: Req, prefix_len: int, extend_len: int) -> list[int]:
     """Positions p in this step whose logits score prompt token p+1, for requests
     that asked for prompt logprobs from logprob_start_len on."""
-    if not req.wants_prompt_logprobs or req.output_ids:
+    if not req.options.wants_prompt_logprobs or req.output_ids:
         return []
-    first = max(prefix_len, req.logprob_start_len - 1, 0)
+    first = max(prefix_len, req.options.logprob_start_len - 1, 0)
     last = min(prefix_len + extend_len, len(req.origin_input_ids) - 1)
     return list(range(first, last))

@@ -17,13 +17,13 @@ import traceback
 from runtime.components import PREFIX_CACHES, load
 from runtime.config import EngineConfig
 from runtime.core import (
+    AbortCause,
     AbortRequest,
     CheckLeaks,
     Control,
     ControlReply,
     EngineFailed,
     EngineReady,
-    FinishKind,
     FinishReason,
     FlushCache,
     GenerateRequest,
@@ -148,7 +148,7 @@ class EngineCore:
         for req in list(s.waiting) + list(s.running) + list(s.partial) + [r for r, _, _ in s.grammars.pending]:
             outs += s.abort(req.rid)
         for out in outs:
-            out.finish_reason = FinishReason(FinishKind.ABORT, message=f"internal error: {error}")
+            out.finish_reason = FinishReason.abort(AbortCause.INTERNAL, f"internal error: {error}")
         return outs
 
 
@@ -183,7 +183,7 @@ def _loop(core: EngineCore, conn) -> None:
             except Exception as e:
                 logger.exception("bad message")
                 if isinstance(msg, GenerateRequest):
-                    outs.append(TokenOut(msg.rid, [], True, FinishReason(FinishKind.ABORT, message=str(e))))
+                    outs.append(TokenOut(msg.rid, [], True, FinishReason.abort(AbortCause.INVALID_REQUEST, str(e))))
         try:
             if core.fail_next_step:
                 core.fail_next_step = False

@@ -105,7 +105,7 @@ class ModelRunner:
         """A decode step where every request takes the plain argmax: no grammar, no
         logprobs, no penalties, no banned tokens (the common case, kept cheap)."""
         return batch.mode == ForwardMode.DECODE and all(
-            req.grammar is None and not req.return_logprob and is_plain_greedy(req.sampling_params)
+            req.grammar is None and not req.options.return_logprob and is_plain_greedy(req.sampling_params)
             and not self._banned(req) for req in batch.reqs)
 
     def _sample(self, batch, logits: torch.Tensor) -> StepResult:
@@ -128,7 +128,7 @@ class ModelRunner:
         else:
             rows = logits.index_select(0, torch.tensor(sample_rows, device=logits.device))  # [B, V]
         reqs = [batch.reqs[i] for i in sample_reqs]
-        want_lp = [j for j, r in enumerate(reqs) if r.return_logprob]
+        want_lp = [j for j, r in enumerate(reqs) if r.options.return_logprob]
         # logprobs use the unprocessed logits (a copy: grammar masks edit rows in place)
         raw = rows.index_select(0, torch.tensor(want_lp, device=rows.device)) if want_lp else None
         if any(r.grammar is not None for r in reqs):
@@ -144,10 +144,10 @@ class ModelRunner:
         for j, i in enumerate(sample_reqs):
             result.next_token_ids[i] = token_list[j]
         if want_lp:
-            top_n = max(reqs[j].top_logprobs_num for j in want_lp)
+            top_n = max(reqs[j].options.top_logprobs_num for j in want_lp)
             lps, top_vals, top_ids = compute_logprobs(raw, tokens[want_lp], top_n)
             for k, j in enumerate(want_lp):
-                n = reqs[j].top_logprobs_num
+                n = reqs[j].options.top_logprobs_num
                 top = list(zip(top_vals[k, :n].tolist(), top_ids[k, :n].tolist())) if n else []
                 result.output_logprobs[sample_reqs[j]] = (float(lps[k]), top)
         return result
@@ -175,7 +175,7 @@ class ModelRunner:
     @staticmethod
     def _prompt_logprobs(req, rows: torch.Tensor, positions: list[int]) -> list:
         targets = torch.tensor([req.origin_input_ids[p + 1] for p in positions], dtype=torch.int64)
-        top_n = req.top_logprobs_num
+        top_n = req.options.top_logprobs_num
         lps, top_vals, top_ids = compute_logprobs(rows, targets.to(rows.device), top_n)
         out = []
         for k, token in enumerate(targets.tolist()):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from runtime.core import FinishKind, FinishReason, SamplingParams, TokenOut
+from runtime.core import FinishKind, FinishReason, RequestOptions, SamplingParams, TokenOut
 from runtime.engine.detokenizer import IncrementalDetokenizer
 
 
@@ -20,9 +20,9 @@ from runtime.engine.detokenizer import IncrementalDetokenizer
 class RequestState:
     rid: str
     params: SamplingParams
+    options: RequestOptions
     detok: IncrementalDetokenizer
     prompt_tokens: int
-    return_text_in_logprobs: bool = False
     created: float = field(default_factory=time.time)
     text: str = ""  # all text decoded so far (may run past a stop string, see `visible`)
     visible: int = 0  # length of text that is final and may be shown
@@ -99,10 +99,10 @@ class RequestState:
 
     def _with_text(self, items, tokenizer) -> list:
         """(logprob, id) pairs -> SGLang's (logprob, id, text-or-None) triples."""
-        return [(lp, tid, tokenizer.decode([tid]) if self.return_text_in_logprobs else None)
+        return [(lp, tid, tokenizer.decode([tid]) if self.options.return_text_in_logprobs else None)
                 for lp, tid in items]
 
-    def result(self, include_logprobs: bool) -> dict:
+    def result(self) -> dict:
         meta = {
             "id": self.rid,
             "prompt_tokens": self.prompt_tokens,
@@ -111,7 +111,7 @@ class RequestState:
             "finish_reason": self.finish_reason.to_dict() if self.finish_reason else None,
             "e2e_latency": time.time() - self.created,
         }
-        if include_logprobs:
+        if self.options.return_logprob:
             meta["output_token_logprobs"] = self.output_token_logprobs
             meta["output_top_logprobs"] = self.output_top_logprobs
             if self.input_token_logprobs is not None:

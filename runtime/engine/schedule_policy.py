@@ -20,8 +20,8 @@ def prefix_key(req: Req) -> list[int]:
     """Tokens a prefix match may cover: all but the last (its logits are needed), and
     nothing past the first prompt position whose logprob was asked for."""
     limit = req.seq_len - 1
-    if req.wants_prompt_logprobs:
-        limit = min(limit, max(req.logprob_start_len - 1, 0))
+    if req.options.wants_prompt_logprobs:
+        limit = min(limit, max(req.options.logprob_start_len - 1, 0))
     return req.fill_ids[:limit]
 
 

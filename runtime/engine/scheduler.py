@@ -11,10 +11,11 @@ from runtime.cache.kv_pool import KVPool, ReqToTokenTable
 from runtime.cache.prefix_cache import PrefixCache
 from runtime.components import SCHEDULE_POLICIES, load
 from runtime.config import EngineConfig
-from runtime.core import FinishKind, FinishReason, GenerateRequest, Req, TokenOut
+from runtime.core import AbortCause, FinishKind, FinishReason, GenerateRequest, Req, TokenOut
 from runtime.engine.batch_builder import DecodeInputs, ScheduledBatch, build_decode, build_extend
 from runtime.engine.forward_batch import ForwardMode
 from runtime.engine.schedule_policy import prefix_key
+from runtime.prompt_check import check_fits
 
 DECODE_RESERVE_PER_REQ = 16  # slots kept free per running request when admitting prefills
 IN_BATCH_SHARE_MIN = 32  # defer a request that would share this many uncached tokens with the batch
@@ -42,10 +43,7 @@ class Scheduler:
     # ---- messages ------------------------------------------------------------
     def add_request(self, msg: GenerateRequest) -> list[TokenOut]:
         req = Req(rid=msg.rid, origin_input_ids=list(msg.input_ids), sampling_params=msg.sampling_params,
-                  return_logprob=msg.return_logprob, logprob_start_len=msg.logprob_start_len,
-                  top_logprobs_num=msg.top_logprobs_num, extra_key=msg.extra_key,
-                  arrival_time=msg.arrival_time)
-        req.stream = msg.stream
+                  options=msg.options, arrival_time=msg.arrival_time)
         error = self._check_fits(req)
         spec = None
         if not error and self.grammars is not None:
@@ -54,7 +52,7 @@ class Scheduler:
             except ValueError as e:
                 error = f"invalid grammar: {e}"
         if error:
-            req.finish_reason = FinishReason(FinishKind.ABORT, message=error)
+            req.finish_reason = FinishReason.abort(AbortCause.INVALID_REQUEST, error)
             return [self._token_out(req)]
         if spec is not None:
             self.grammars.submit(req, spec)
@@ -68,21 +66,20 @@ class Scheduler:
         ready, failed = self.grammars.poll()
         self.waiting += ready
         for req, message in failed:
-            req.finish_reason = FinishReason(FinishKind.ABORT, message=message)
+            req.finish_reason = FinishReason.abort(AbortCause.INVALID_REQUEST, message)
             self._pending_outputs.append(self._token_out(req))
 
     def _check_fits(self, req: Req) -> str | None:
-        prompt_len = len(req.origin_input_ids)
-        if prompt_len == 0:
-            return "the prompt is empty"
-        if prompt_len >= self.context_len:
-            return f"the prompt has {prompt_len} tokens; the context length is {self.context_len}"
-        if prompt_len + 1 > self.pool.capacity:
-            return f"the prompt has {prompt_len} tokens; the KV pool holds {self.pool.capacity}"
+        """`runtime.Engine` checked it already; a message straight from another sender may not be."""
+        try:
+            check_fits(len(req.origin_input_ids), req.sampling_params.max_new_tokens, self.context_len,
+                       self.pool.capacity)
+        except ValueError as e:
+            return str(e)
         return None
 
     def abort(self, rid: str) -> list[TokenOut]:
-        reason = FinishReason(FinishKind.ABORT, message="aborted by request")
+        reason = FinishReason.abort(AbortCause.CANCELLED, "aborted by request")
         compiling = self.grammars.remove(rid) if self.grammars is not None else None
         if compiling is not None:
             compiling.finish_reason = reason
@@ -248,7 +245,7 @@ class Scheduler:
             if req.finish_reason is not None:  # aborted while the step ran (not possible today, kept safe)
                 continue
             if extend:
-                if req.wants_prompt_logprobs and (result.prompt_logprobs.get(i) or (
+                if req.options.wants_prompt_logprobs and (result.prompt_logprobs.get(i) or (
                         req.input_token_logprobs is None and req.kv_len >= len(req.origin_input_ids))):
                     self._add_prompt_logprobs(req, result.prompt_logprobs.get(i, []))
                 self._cache_chunk(req)  # share the computed prompt now, not only at the end
@@ -263,7 +260,7 @@ class Scheduler:
                 token = result.next_token_ids[i]
                 req.output_ids.append(token)
                 self.stats["generation_tokens"] += 1
-                if req.return_logprob:
+                if req.options.return_logprob:
                     lp, top = result.output_logprobs[i]
                     req.output_token_logprobs.append((lp, token))
                     req.output_top_logprobs.append(top)
@@ -278,7 +275,7 @@ class Scheduler:
                 self.partial.append(req)  # its forced tokens need an extend before decoding
             elif extend:
                 self.running.append(req)
-            if finished or req.stream or req.sampling_params.stop or req.sampling_params.stop_regex:
+            if finished or req.options.stream or req.sampling_params.stop or req.sampling_params.stop_regex:
                 # stop strings are matched on text in the main process: it needs every token
                 outputs.append(self._token_out(req))
         return outputs
@@ -294,7 +291,7 @@ class Scheduler:
     def _add_prompt_logprobs(self, req: Req, items: list[tuple[float, int, list]]) -> None:
         if req.input_token_logprobs is None:
             req.input_token_logprobs, req.input_top_logprobs = [], []
-            if req.logprob_start_len == 0:
+            if req.options.logprob_start_len == 0:
                 req.input_token_logprobs.append((None, req.origin_input_ids[0]))
                 req.input_top_logprobs.append(None)
         for lp, token, top in items:
@@ -305,8 +302,10 @@ class Scheduler:
         sp = req.sampling_params
         num_out = len(req.output_ids)
         if req.grammar is not None:
-            if not req.grammar.accept_token(token):  # the mask makes this unreachable
-                req.finish_reason = FinishReason(FinishKind.ABORT, message=f"grammar rejected token {token}")
+            if not req.grammar.accept_token(token):  # unreachable unless the matcher hit a limit
+                reason = req.grammar.error() or "the mask allowed it"
+                req.finish_reason = FinishReason.abort(AbortCause.INVALID_REQUEST, (
+                    f"the grammar failed at output token {num_out} (id {token}): {reason}"))
                 return
             if req.grammar.is_terminated():
                 req.finish_reason = FinishReason(FinishKind.STOP, matched=token)
@@ -323,7 +322,7 @@ class Scheduler:
         one go. The last sampled token is re-tokenized together with it, so the token
         sequence stays what the tokenizer would produce for that text; that token's KV
         is not computed yet, so replacing it costs nothing. True if tokens were added."""
-        if not (self.cfg.enable_jump_forward and req.grammar is not None) or req.return_logprob:
+        if not (self.cfg.enable_jump_forward and req.grammar is not None) or req.options.return_logprob:
             return False
         forced = req.grammar.jump_forward_string()
         if not forced:
@@ -353,7 +352,7 @@ class Scheduler:
             rid=req.rid, new_token_ids=new, finished=req.finished,
             finish_reason=req.finish_reason, prompt_tokens=len(req.origin_input_ids),
             completion_tokens=len(req.output_ids), cached_tokens=req.cached_tokens)
-        if req.return_logprob:
+        if req.options.return_logprob:
             out.output_token_logprobs = req.output_token_logprobs[req.num_sent:]
             out.output_top_logprobs = req.output_top_logprobs[req.num_sent:]
             if req.input_token_logprobs is not None and not req.input_logprobs_sent and \

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime.core import OPENAI_NAMES
+
 # the regexes of SGLang's `sglang.lang.ir` (gen_int/gen_string and gen(dtype=...))
 REGEX_INT = r"[-+]?[0-9]+[ \n]*"
 REGEX_FLOAT = r"[-+]?[0-9]*\.?[0-9]+[ \n]*"
@@ -67,7 +69,7 @@ class GenParams:
             if self.dtype not in DTYPE_REGEX:
                 raise ValueError(f"gen dtype must be int, float, bool or str, got {self.dtype!r}")
             regex = regex or DTYPE_REGEX[self.dtype]
-        names = {"max_tokens": "max_new_tokens", "min_tokens": "min_new_tokens"}
+        names = {api: engine for engine, api in OPENAI_NAMES.items()}
         sp = {names.get(k, k): v for k, v in dataclasses.asdict(self).items()
               if v is not None and k not in ("return_logprob", "top_logprobs_num", "dtype", "regex")}
         if regex is not None:

@@ -22,7 +22,7 @@ from runtime.server.protocol import (
     GenerateRequest,
     TokenizeRequest,
 )
-from runtime.server.state import ServerSettings, ServerState
+from runtime.server.state import EngineClient, ServerSettings, ServerState
 from runtime.server.streaming import ClientDisconnected
 
 
@@ -30,8 +30,8 @@ def _json(result):
     return result if isinstance(result, Response) else JSONResponse(result)
 
 
-def create_app(engine, settings: ServerSettings | None = None,
-               start_engine: Callable[[], object] | None = None) -> FastAPI:
+def create_app(engine: EngineClient, settings: ServerSettings | None = None,
+               start_engine: Callable[[], EngineClient] | None = None) -> FastAPI:
     """`start_engine` (a new engine with the same options) enables
     `settings.restart_engine_on_failure`."""
     import runtime

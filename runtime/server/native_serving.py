@@ -15,7 +15,7 @@ from starlette.requests import Request
 from runtime.server.chat_template import message_to_template_dict
 from runtime.server.errors import APIError, bad_request, from_exception
 from runtime.server.metrics import StreamTimer
-from runtime.server.openai_common import abort_error
+from runtime.server.openai_common import abort_error, drop_empty
 from runtime.server.protocol import DetokenizeRequest, GenerateRequest, TokenizeRequest
 from runtime.server.state import ServerState
 from runtime.server.streaming import SSE_DONE, SSEResponse, cancel_on_disconnect, gather_or_cancel, sse, sse_error
@@ -24,11 +24,7 @@ MAX_BATCH = 1024
 
 
 def _sampling_dict(params) -> dict:
-    sp = params.model_dump(exclude_none=True) if params is not None else {}
-    for key in ("stop", "stop_token_ids", "stop_regex"):  # empty means none
-        if sp.get(key) in ([], ""):
-            del sp[key]
-    return sp
+    return drop_empty(params.model_dump(exclude_none=True) if params is not None else {})
 
 
 def _finite_meta(meta: dict) -> dict:

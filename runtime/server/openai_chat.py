@@ -119,12 +119,12 @@ async def create_chat_completion(state: ServerState, req: ChatCompletionRequest,
 def _sampling_params(state: ServerState, req: ChatCompletionRequest, plan: ToolPlan, prompt_len: int) -> dict:
     requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
-    sp = base_sampling_params(req, resolve_max_tokens(requested, prompt_len, state.context_length, param))
+    sp = base_sampling_params(req, resolve_max_tokens(requested, prompt_len, state, param))
     sp = merge_constraint(sp, response_format_constraint(req.response_format), "response_format")
     if plan.constraint:
         if plan.forced:
             sp = merge_constraint(sp, plan.constraint, "tool_choice 'required' or a named function")
-        elif not any(sp.get(k) for k in ("json_schema", "regex", "ebnf")):
+        elif not any(sp.get(k) for k in ("json_schema", "regex", "ebnf", "structural_tag")):
             sp = {**sp, **plan.constraint}  # auto: only when nothing else constrains the output
     return sp
 

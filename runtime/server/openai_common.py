@@ -4,66 +4,61 @@ reasons, and turning engine results into errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import uuid
 
+from runtime.core import OPENAI_NAMES, SamplingParamError, SamplingParams
+from runtime.prompt_check import check_fits
 from runtime.server.errors import APIError, bad_request
+from runtime.server.protocol import OPENAI_EXCLUDED
 
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-def resolve_max_tokens(requested: int | None, prompt_len: int, context_length: int,
-                       param: str = "max_tokens") -> int:
+def resolve_max_tokens(requested: int | None, prompt_len: int, state, param: str = "max_tokens") -> int:
     """The completion budget: what was asked for, or what the context leaves."""
-    if prompt_len >= context_length:
-        raise bad_request(f"this model's maximum context length is {context_length} tokens, but the prompt "
-                          f"has {prompt_len} tokens", param="messages" if param != "max_tokens" else "prompt")
-    room = context_length - prompt_len
-    if requested is None:
-        return room
-    if requested > room:
-        raise bad_request(f"this model's maximum context length is {context_length} tokens; you requested "
-                          f"{prompt_len + requested} tokens ({prompt_len} in the prompt, {requested} for "
-                          f"the completion); reduce {param} or the prompt", param=param)
-    return requested
+    budget = state.context_length - prompt_len if requested is None else requested
+    try:
+        check_fits(prompt_len, budget, state.context_length, state.info["max_total_tokens"])
+    except SamplingParamError as e:
+        raise bad_request(str(e).replace("max_new_tokens", param), param=param) from None
+    except ValueError as e:  # the prompt itself
+        raise bad_request(str(e), param="prompt" if param == "max_tokens" else "messages") from None
+    return budget
+
+
+def drop_empty(sp: dict) -> dict:
+    """Empty stop lists and strings mean none."""
+    return {k: v for k, v in sp.items() if not (k in ("stop", "stop_token_ids", "stop_regex") and v in ([], ""))}
+
+
+def checked_sampling_params(sp: dict, names: dict[str, str]) -> dict:
+    """`sp` (engine names) validated by SamplingParams, the errors naming the field as the
+    client sent it (`names`: engine name -> API name)."""
+    try:
+        SamplingParams.from_dict(sp).validate()
+    except SamplingParamError as e:
+        name = names.get(e.name, e.name)
+        raise bad_request(str(e).replace(e.name, name), param=name) from None
+    return sp
 
 
 def base_sampling_params(req, max_new_tokens: int) -> dict:
-    """OpenAI + extra fields of a chat/completion request as SGLang sampling params (n=1:
-    the server runs one engine request per choice)."""
+    """The sampling fields of a chat/completion request (OpenAI names, see protocol.py) as
+    validated engine sampling params (n=1: the server runs one engine request per choice)."""
     if req.logit_bias:
         raise bad_request("logit_bias is not supported", param="logit_bias")
-    sp = {
-        "max_new_tokens": max_new_tokens,
-        "temperature": 1.0 if req.temperature is None else req.temperature,
-        "top_p": 1.0 if req.top_p is None else req.top_p,
-        "top_k": -1 if req.top_k is None else req.top_k,
-        "min_p": 0.0 if req.min_p is None else req.min_p,
-        "frequency_penalty": req.frequency_penalty,
-        "presence_penalty": req.presence_penalty,
-        "repetition_penalty": 1.0 if req.repetition_penalty is None else req.repetition_penalty,
-        "min_new_tokens": min(req.min_tokens, max_new_tokens),
-        "ignore_eos": req.ignore_eos,
-        "skip_special_tokens": req.skip_special_tokens,
-        "sampling_seed": req.seed,
-    }
-    if req.stop:
-        stops = [req.stop] if isinstance(req.stop, str) else list(req.stop)
-        if any(not s for s in stops):
-            raise bad_request("stop sequences must be non-empty strings", param="stop")
-        sp["stop"] = stops
-    if req.stop_token_ids:
-        sp["stop_token_ids"] = list(req.stop_token_ids)
-    if req.stop_regex:
-        sp["stop_regex"] = req.stop_regex
-    if req.regex is not None:
-        sp["regex"] = req.regex
-    if req.ebnf is not None:
-        sp["ebnf"] = req.ebnf
-    return sp
+    names = {f.name: OPENAI_NAMES.get(f.name, f.name) for f in dataclasses.fields(SamplingParams)
+             if f.name not in OPENAI_EXCLUDED}
+    sp = drop_empty({name: getattr(req, api) for name, api in names.items() if getattr(req, api) is not None})
+    sp["max_new_tokens"] = max_new_tokens
+    if isinstance(sp.get("min_new_tokens"), int):
+        sp["min_new_tokens"] = min(sp["min_new_tokens"], max_new_tokens)
+    return checked_sampling_params(sp, names)
 
 
 def per_choice(sp: dict, index: int) -> dict:
@@ -142,12 +137,7 @@ def abort_error(meta: dict) -> APIError | None:
     reason = meta.get("finish_reason") or {}
     if reason.get("type") != "abort":
         return None
-    message = reason.get("message") or "the request was aborted"
-    if message.startswith("internal error"):
-        return APIError(500, message)
-    if message.startswith("the engine"):  # "the engine was shut down", "the engine process stopped"
-        return APIError(503, message)
-    return APIError(400, message)
+    return APIError(reason.get("status_code") or 400, reason.get("message") or "the request was aborted")
 
 
 def finish_reason(meta: dict) -> str | None:

@@ -89,7 +89,7 @@ async def create_completion(state: ServerState, req: CompletionRequest, request:
     rid = req.rid or new_id("cmpl")
     for p, (_, ids) in enumerate(prompts):
         sp = base_sampling_params(req, resolve_max_tokens(req.max_tokens if req.max_tokens is not None else 16,
-                                                          len(ids), state.context_length))
+                                                          len(ids), state))
         sp = merge_constraint(sp, constraint, "json_schema/response_format")
         for i in range(req.n):
             r = rid if len(prompts) * req.n == 1 else f"{rid}-{p * req.n + i}"

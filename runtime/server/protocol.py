@@ -1,16 +1,21 @@
 """Request bodies (pydantic) for the OpenAI-compatible and SGLang-native endpoints.
 
-Unknown fields are ignored (clients send `user`, `metadata`, `store`, ...). Bounds that
-OpenAI documents are declared here, so a bad value is a 400 naming the field; the
-engine re-validates everything it receives. Responses are plain dicts built by the
-serving modules (cheaper than models on the streaming path).
+Unknown fields are ignored (clients send `user`, `metadata`, `store`, ...). The sampling
+fields are generated from `runtime.core.SamplingParams` (under their OpenAI names on the
+/v1 routes), so each is declared once; their ranges are checked by
+`SamplingParams.validate` for every API, a bad value being a 400 naming the field.
+Responses are plain dicts built by the serving modules (cheaper than models on the streaming path).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from runtime.core import OPENAI_NAMES, SamplingParams
 
 
 class _Body(BaseModel):
@@ -79,34 +84,35 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
-class _SamplingFields(_Body):
-    """Fields shared by chat and text completions (OpenAI names + SGLang extras)."""
+def _sampling_fields(exclude: frozenset[str], rename: dict[str, str]) -> dict[str, Any]:
+    """Pydantic fields for SamplingParams' fields: the same types, all optional (None: not
+    set, the engine's default applies). Ranges are checked by `SamplingParams.validate`,
+    the one validation every API goes through."""
+    hints = typing.get_type_hints(SamplingParams)
+    return {rename.get(f.name, f.name): (hints[f.name] | None, None)
+            for f in dataclasses.fields(SamplingParams) if f.name not in exclude}
+
+
+# Sampling fields the OpenAI routes take directly: all but `n` (the server runs one engine
+# request per choice) and the constraints that arrive checked, through response_format or
+# tools (and `json_schema` on /v1/completions).
+OPENAI_EXCLUDED = frozenset({"n", "json_schema", "structural_tag"})
+
+
+class _OpenAIFields(_Body):
+    """Fields shared by chat and text completions besides the sampling fields."""
 
     model: str | None = None
     n: int = Field(default=1, ge=1, le=128)
-    max_tokens: int | None = Field(default=None, ge=0)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     stream: bool = False
     stream_options: StreamOptions | None = None
     logit_bias: dict[str, float] | None = None
-    # extras (SGLang / vLLM)
-    top_k: int | None = None
-    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
-    min_tokens: int = Field(default=0, ge=0)
-    ignore_eos: bool = False
-    stop_token_ids: list[int] | None = None
-    stop_regex: str | list[str] | None = None
-    skip_special_tokens: bool = True
-    regex: str | None = None
-    ebnf: str | None = None
     cache_salt: str | None = None
     rid: str | None = None
+
+
+_SamplingFields = create_model("_SamplingFields", __base__=_OpenAIFields,
+                               **_sampling_fields(OPENAI_EXCLUDED, OPENAI_NAMES))
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -127,38 +133,15 @@ class CompletionRequest(_SamplingFields):
     echo: bool = False
     best_of: int | None = Field(default=None, ge=1)
     suffix: str | None = None
-    json_schema: str | dict[str, Any] | None = None
+    json_schema: str | dict[str, Any] | None = None  # an SGLang extra
     response_format: ResponseFormat | None = None
 
 
 # ---- SGLang native ------------------------------------------------------------------
-class NativeSamplingParams(BaseModel):
-    """SGLang sampling params (typed, so a wrong type is a 400 naming the field); other
-    names pass through and the engine rejects unknown ones with the list of known ones."""
-
-    model_config = ConfigDict(extra="allow")
-    max_new_tokens: int | None = Field(default=None, ge=0)
-    min_new_tokens: int | None = Field(default=None, ge=0)
-    n: int | None = Field(default=None, ge=1, le=128)
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
-    repetition_penalty: float | None = None
-    stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
-    stop_regex: str | list[str] | None = None
-    ignore_eos: bool | None = None
-    json_schema: str | dict[str, Any] | None = None
-    regex: str | None = None
-    ebnf: str | None = None
-    structural_tag: str | dict[str, Any] | None = None
-    skip_special_tokens: bool | None = None
-    spaces_between_special_tokens: bool | None = None
-    no_stop_trim: bool | None = None
-    sampling_seed: int | None = None
+NativeSamplingParams = create_model(
+    "NativeSamplingParams", __config__=ConfigDict(extra="allow"), **_sampling_fields(frozenset(), {}))
+NativeSamplingParams.__doc__ = """SGLang sampling params (typed, so a wrong type is a 400 naming the field); other
+names pass through and the engine rejects unknown ones with the list of known ones."""
 
 
 class GenerateRequest(_Body):

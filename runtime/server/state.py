@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from runtime.chat_roles import ChatRoles, read_chat_roles
 from runtime.prompt_check import check_prompt_text
@@ -36,8 +37,31 @@ class ServerSettings:
     restart_engine_on_failure: bool = False
 
 
+class EngineClient(Protocol):
+    """All the server uses of an engine: `runtime.Engine` (the engine process behind it)
+    or a test double. Nothing else of the engine is reached into."""
+
+    tokenizer: Any
+    info: dict  # context_length, vocab_size, max_total_tokens, architecture, ...
+    config: Any  # EngineConfig: max_running_requests, max_queued_requests
+    model_path: str
+    served_model_name: str
+    max_prompt_bytes: int
+
+    async def async_generate(self, prompt=None, sampling_params=None, input_ids=None, rid=None,
+                             **options) -> Any: ...
+
+    def get_server_info(self) -> dict: ...
+
+    def flush_cache(self) -> None: ...
+
+    def is_alive(self) -> bool: ...
+
+    def shutdown(self) -> None: ...
+
+
 class ServerState:
-    def __init__(self, engine, settings: ServerSettings) -> None:
+    def __init__(self, engine: EngineClient, settings: ServerSettings) -> None:
         from runtime.tool_calls.parsers import get_parser
 
         self.engine, self.settings = engine, settings

@@ -59,3 +59,6 @@ class ScriptedEngine:
 
     def is_alive(self) -> bool:
         return True
+
+    def shutdown(self) -> None:
+        pass

@@ -48,6 +48,21 @@ CASES = {
             "type": "json_schema", "json_schema": {"name": "x", "schema": WIDE_SCHEMA}}}), "more than 10000"),
     "a prompt too big for the context": ("/v1/completions", json.dumps({"model": MODEL, "prompt": "word " * 600_000}),
                                          "more than any prompt that fits"),
+    # one validation for /generate and /v1 (SamplingParams.validate, prompt_check.check_fits)
+    "/generate max_new_tokens 10^9": ("/generate", json.dumps({
+        "text": "hi", "sampling_params": {"max_new_tokens": 10**9}}), "reduce max_new_tokens"),
+    "/v1 max_tokens 10^9": ("/v1/completions", json.dumps({"model": MODEL, "prompt": "hi", "max_tokens": 10**9}),
+                            "reduce max_tokens"),
+    "/generate temperature 1e9": ("/generate", json.dumps({
+        "text": "hi", "sampling_params": {"temperature": 1e9}}), "temperature must be in [0, 2]"),
+    "/v1 temperature 1e9": ("/v1/completions", json.dumps({"model": MODEL, "prompt": "hi", "temperature": 1e9}),
+                            "temperature must be in [0, 2]"),
+    # grammars past the grammar backend's limits: refused at compile, saying so
+    "regex (a{1000}){1000}": ("/generate", json.dumps({
+        "text": "hi", "sampling_params": {"max_new_tokens": 4, "regex": "(a{1000}){1000}"}}), "grammar is too large"),
+    "EBNF with 5,000 alternatives": ("/v1/completions", json.dumps({
+        "model": MODEL, "prompt": "hi", "max_tokens": 4,
+        "ebnf": "root ::= " + " | ".join(f'"w{i}x"' for i in range(5000))}), "grammar is too large"),
 }
 
 
@@ -55,6 +70,11 @@ CASES = {
 def test_hostile_input_gets_a_quick_400_and_others_stay_fast(server, case):
     path, body, message = CASES[case]
     small: dict = {}
+    # the grammar backend is built on the first constrained request (a vocabulary scan,
+    # seconds): time the hostile grammar, not that
+    warm = httpx.post(f"{server.url}/generate", json={"text": "hi", "sampling_params": {
+        "max_new_tokens": 1, "regex": "[a-z]"}}, timeout=60)
+    assert warm.status_code == 200, warm.text
 
     def small_request():
         start = time.time()
@@ -69,7 +89,7 @@ def test_hostile_input_gets_a_quick_400_and_others_stay_fast(server, case):
     elapsed = time.time() - start
     other.join(30)
     assert r.status_code == 400, r.text[:500]
-    assert message in r.json()["error"]["message"]
+    assert message in r.json()["error"]["message"], r.json()
     assert elapsed < 1.5, f"{case}: {elapsed:.2f} s"
     assert small["status"] == 200 and small["seconds"] < 2, small
 

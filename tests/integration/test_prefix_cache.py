@@ -69,10 +69,10 @@ def test_pool_pressure_evicts_and_stays_correct(path):
 def test_cache_salt_isolates_tenants(path):
     core = make_core(path)
     prompt = random_prompts(lens=(200,), seed=2)[0]
-    a1 = run_core(core, [prompt], GREEDY, extra_key="tenant-a")["r0"]
-    b1 = run_core(core, [prompt], GREEDY, extra_key="tenant-b")["r0"]
+    a1 = run_core(core, [prompt], GREEDY, cache_salt="tenant-a")["r0"]
+    b1 = run_core(core, [prompt], GREEDY, cache_salt="tenant-b")["r0"]
     plain = run_core(core, [prompt], GREEDY)["r0"]
-    a2 = run_core(core, [prompt], GREEDY, extra_key="tenant-a")["r0"]
+    a2 = run_core(core, [prompt], GREEDY, cache_salt="tenant-a")["r0"]
     assert a1["cached_tokens"] == b1["cached_tokens"] == plain["cached_tokens"] == 0
     assert a2["cached_tokens"] == 199
     assert a1["output_ids"] == b1["output_ids"] == a2["output_ids"] == plain["output_ids"]

@@ -9,20 +9,22 @@ this API). A server error raises `RuntimeError` with the server's message."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 from collections.abc import Iterator
 
 from runtime.chat_roles import ChatRoles
+from runtime.core import OPENAI_NAMES, SamplingParams
 from runtime.lang.backends.base import ChatBackend
 
 # s.text() of a chat program: one "role: content" line per message
 TRANSCRIPT_ROLES = ChatRoles({r: (f"{r}: ", "\n") for r in ("system", "user", "assistant", "tool")}, "")
-STANDARD = {"max_new_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p", "n": "n",
-            "stop": "stop", "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty"}
-EXTRA = {"top_k": "top_k", "min_p": "min_p", "min_new_tokens": "min_tokens", "ignore_eos": "ignore_eos",
-         "stop_token_ids": "stop_token_ids", "stop_regex": "stop_regex", "regex": "regex"}
+# sampling fields OpenAI's API itself takes; the others go in `extra_body` (this server's extras)
+STANDARD = frozenset({"max_new_tokens", "temperature", "top_p", "n", "stop", "frequency_penalty",
+                      "presence_penalty", "sampling_seed"})
+EXTRA = frozenset(f.name for f in dataclasses.fields(SamplingParams)) - STANDARD - {"json_schema", "structural_tag"}
 
 
 class OpenAI(ChatBackend):
@@ -49,9 +51,9 @@ class OpenAI(ChatBackend):
         extra: dict = {}
         for key, value in sampling_params.items():
             if key in STANDARD:
-                body[STANDARD[key]] = value
+                body[OPENAI_NAMES.get(key, key)] = value
             elif key in EXTRA:
-                extra[EXTRA[key]] = value
+                extra[OPENAI_NAMES.get(key, key)] = value
             elif key == "json_schema":
                 schema = json.loads(value) if isinstance(value, str) else value
                 body["response_format"] = {"type": "json_schema",

@@ -56,6 +56,8 @@ def base_sampling_params(req, max_new_tokens: int) -> dict:
              if f.name not in OPENAI_EXCLUDED}
     sp = drop_empty({name: getattr(req, api) for name, api in names.items() if getattr(req, api) is not None})
     sp["max_new_tokens"] = max_new_tokens
+    if isinstance(sp.get("stop"), str):
+        sp["stop"] = [sp["stop"]]
     if isinstance(sp.get("min_new_tokens"), int):
         sp["min_new_tokens"] = min(sp["min_new_tokens"], max_new_tokens)
     return checked_sampling_params(sp, names)

@@ -39,12 +39,13 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("bench", help="benchmarks")
     bench = p.add_subparsers(dest="bench", required=True)
-    from runtime.bench import grammar, offline, prefix, programs
+    from runtime.bench import grammar, offline, prefix, programs, serve
 
     offline.add_parser(bench)
     prefix.add_parser(bench)
     grammar.add_parser(bench)
     programs.add_parser(bench)
+    serve.add_parser(bench)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -30,6 +30,9 @@ import statistics
 import time
 from pathlib import Path
 
+from runtime.bench.results import argv as _argv
+from runtime.bench.results import machine as _machine
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = "docs/bench/grammar.json"
 V_DEMO = 151_936
@@ -262,26 +265,6 @@ def markdown(report: dict) -> str:
                 f"{s['valid_accepted']}/{s['valid_total']} ({s['valid_terminated']}) | "
                 f"{s['invalid_rejected']}/{s['invalid_total']} |")
     return "\n".join(lines) + "\n"
-
-
-def _argv(args: argparse.Namespace) -> list[str]:
-    out = []
-    for key, value in vars(args).items():
-        if key in ("func", "command", "bench", "bench_command") or value in (None, False) or callable(value):
-            continue
-        flag = f"--{key.replace('_', '-')}"
-        out += [flag] if value is True else [flag, str(value)]
-    return out
-
-
-def _machine() -> str:
-    import platform
-
-    import torch
-
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-            f"torch threads {torch.get_num_threads()}, load average {load:.1f} at start")
 
 
 def run(args: argparse.Namespace) -> None:

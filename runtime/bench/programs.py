@@ -26,7 +26,8 @@ from pathlib import Path
 
 import runtime as rt
 from runtime.bench.alternating import run_alternating
-from runtime.bench.grammar import _argv, _machine
+from runtime.bench.results import argv as _argv
+from runtime.bench.results import machine as _machine
 from runtime.lang.backends.runtime_backend import Runtime
 
 DEFAULT_OUT = "docs/bench/programs.json"

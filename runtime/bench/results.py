@@ -1,0 +1,64 @@
+"""What every `radixflow bench` results file carries: the command that wrote it (so it
+can be rerun), when, on what machine, with which versions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+
+def argv(args: argparse.Namespace) -> list[str]:
+    """The flags that reproduce `args` (defaults included, so the file says what ran)."""
+    out = []
+    for key, value in vars(args).items():
+        if key in ("func", "command", "bench", "bench_command") or value in (None, False) or callable(value):
+            continue
+        flag = f"--{key.replace('_', '-')}"
+        out += [flag] if value is True else [flag, str(value)]
+    return out
+
+
+def machine() -> str:
+    import torch
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+            f"torch threads {torch.get_num_threads()}, load average {load:.1f} at start")
+
+
+def versions(*packages: str) -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {"python": sys.version.split()[0]}
+    for name in ("radixflow", "torch", *packages):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def header(name: str, args: argparse.Namespace, *packages: str) -> dict:
+    """The first keys of a results file for `radixflow bench <name>`."""
+    return {"benchmark": name, "command": f"radixflow bench {name} " + " ".join(argv(args)),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine(),
+            "versions": versions(*packages)}
+
+
+def write(json_path: str | Path, report: dict, markdown: str | None = None) -> list[Path]:
+    """The JSON file, and the markdown next to it (same name, .md) starting with the command."""
+    path = Path(json_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    written = [path]
+    if markdown is not None:
+        md = path.with_suffix(".md")
+        md.write_text(f"Written by `{report['command']}` on {report['machine']} ({report['created']}).\n\n"
+                      + markdown.rstrip() + "\n")
+        written.append(md)
+    return written

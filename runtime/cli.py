@@ -39,13 +39,15 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("bench", help="benchmarks")
     bench = p.add_subparsers(dest="bench", required=True)
-    from runtime.bench import grammar, offline, prefix, programs, serve
+    from runtime.bench import compare, grammar, offline, prefix, programs, report, serve
 
     offline.add_parser(bench)
     prefix.add_parser(bench)
     grammar.add_parser(bench)
     programs.add_parser(bench)
     serve.add_parser(bench)
+    compare.add_parser(bench)
+    report.add_parser(bench)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -9,11 +9,9 @@ until its longest output; only the tokens each request asked for count as output
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import time
-from pathlib import Path
 
 DEFAULT_OUT = "docs/bench/offline.json"
 
@@ -119,7 +117,10 @@ def run(args: argparse.Namespace) -> None:
     from runtime.demo.checkpoint import demo_model_path
 
     workload = make_workload(args.num_requests, tuple(args.prompt_len), tuple(args.output_len), args.seed)
-    report = {"workload": {"num_requests": args.num_requests, "prompt_len": args.prompt_len,
+    from runtime.bench import results
+
+    report = {**results.header("offline", args, "transformers"),
+              "workload": {"num_requests": args.num_requests, "prompt_len": args.prompt_len,
                            "output_len": args.output_len, "prompt_tokens": sum(len(p) for p, _ in workload),
                            "output_tokens": sum(o for _, o in workload)},
               "torch_threads": torch.get_num_threads(), "results": {}}
@@ -133,7 +134,16 @@ def run(args: argparse.Namespace) -> None:
             row["ratio"] = round(row["ours"]["output_tokens_per_s"] / row["transformers"]["output_tokens_per_s"], 2)
             print(f"[{dtype}] transformers: {row['transformers']}  ratio: {row['ratio']}", flush=True)
         report["results"][dtype] = row
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    for path in results.write(args.out, report, markdown(report)):
+        print(f"wrote {path}")
+
+
+def markdown(report: dict) -> str:
+    w = report["workload"]
+    lines = [f"{w['num_requests']} requests, prompts {w['prompt_len'][0]}-{w['prompt_len'][1]} tokens, outputs "
+             f"{w['output_len'][0]}-{w['output_len'][1]} tokens (EOS ignored), greedy.", "",
+             "| dtype | radixflow out tok/s | transformers generate out tok/s | ratio |", "|---|---|---|---|"]
+    for dtype, row in report["results"].items():
+        hf = row.get("transformers", {}).get("output_tokens_per_s", "-")
+        lines.append(f"| {dtype} | {row['ours']['output_tokens_per_s']} | {hf} | {row.get('ratio', '-')} |")
+    return "\n".join(lines)

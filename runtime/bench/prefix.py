@@ -15,10 +15,8 @@ its own last prompt token (its logits are needed).
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
-from pathlib import Path
 
 from runtime.engine.scheduler import common_prefix_len
 
@@ -121,7 +119,10 @@ def run(args: argparse.Namespace) -> None:
     from runtime.engine.api import Engine
 
     path = args.model_path or str(demo_model_path("qwen2", "small", args.dtype))
-    report = {"model": path, "dtype": args.dtype, "scale": args.scale, "workloads": {}}
+    from runtime.bench import results
+
+    report = {**results.header("prefix", args), "model": path, "dtype": args.dtype, "scale": args.scale,
+              "workloads": {}}
     for name in args.workloads.split(","):
         repeats = args.repeats or (3 if name == "no-share" else 1)
         with Engine(path, dtype=args.dtype, max_total_tokens=65536,
@@ -149,7 +150,17 @@ def run(args: argparse.Namespace) -> None:
         print(f"[{name}] on: {on}\n[{name}] off: {off}\n[{name}] speedup {row['speedup']}x, "
               f"hit rate {on['hit_rate']:.1%} of optimal {on['optimal_hit_rate']:.1%}", flush=True)
         report["workloads"][name] = row
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    for path in results.write(args.out, report, markdown(report)):
+        print(f"wrote {path}")
+
+
+def markdown(report: dict) -> str:
+    lines = [f"Model `{report['model']}` ({report['dtype']}); radix cache on vs off, one engine each, "
+             "alternating; medians.", "",
+             "| workload | cache on | cache off | speed-up | hit rate (of optimal) |", "|---|---|---|---|---|"]
+    for name, row in report["workloads"].items():
+        on, off = row["cache_on"], row["cache_off"]
+        lines.append(f"| {name} | {on['elapsed_s']} s ({on['tokens_per_s']} tok/s) | {off['elapsed_s']} s "
+                     f"({off['tokens_per_s']} tok/s) | **{row['speedup']}x** | {on['hit_rate']:.1%} "
+                     f"({on['optimal_hit_rate']:.1%}) |")
+    return "\n".join(lines)

@@ -22,12 +22,9 @@ import json
 import random
 import threading
 import time
-from pathlib import Path
 
 import runtime as rt
 from runtime.bench.alternating import run_alternating
-from runtime.bench.results import argv as _argv
-from runtime.bench.results import machine as _machine
 from runtime.lang.backends.runtime_backend import Runtime
 
 DEFAULT_OUT = "docs/bench/programs.json"
@@ -185,8 +182,8 @@ def run_workload(backend: MeteredRuntime, name: str, scale: float, seed: int) ->
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# bench programs\n\n`{report['command']}`\n\nModel `{report['model']}` ({report['dtype']}); "
-             f"{report['machine']}. Medians of {report['repeats']} alternated run(s) per side.\n",
+    lines = [f"Model `{report['model']}` ({report['dtype']}). Medians of {report['repeats']} alternated run(s) "
+             "per side.\n",
              "| workload | programs | requests | prompt tokens | cache on | cache off | speedup | hit rate |",
              "|---|---|---|---|---|---|---|---|"]
     for name, row in report["workloads"].items():
@@ -202,8 +199,10 @@ def run(args: argparse.Namespace) -> None:
     from runtime.models.resolve import resolve_model
 
     resolved = resolve_model(args.model_path)
-    report = {"command": "radixflow bench programs " + " ".join(_argv(args)), "machine": _machine(),
-              "model": resolved.served_name, "dtype": args.dtype, "scale": args.scale, "repeats": args.repeats,
+    from runtime.bench import results
+
+    report = {**results.header("programs", args), "model": resolved.served_name, "dtype": args.dtype,
+              "scale": args.scale, "repeats": args.repeats,
               "workloads": {}}
     options = dict(dtype=args.dtype, max_total_tokens=65536)
     with MeteredRuntime(resolved.path, **options) as on, \
@@ -223,9 +222,6 @@ def run(args: argparse.Namespace) -> None:
             print(f"[{name}] on {row['cache_on']['elapsed_s']} s, off {row['cache_off']['elapsed_s']} s, "
                   f"speedup {row['speedup']}x, hit rate {row['cache_on']['hit_rate']:.1%}", flush=True)
             report["workloads"][name] = row
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
     print(markdown(report))
-    print(f"wrote {out} and {out.with_suffix('.md')}")
+    for path in results.write(args.out, report, markdown(report)):
+        print(f"wrote {path}")

@@ -86,3 +86,83 @@ def write_plots(out_json: str | Path, rows: list[dict]) -> list[Path]:
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
     return paths
+
+
+def _num(x, fmt: str) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def compare_markdown(report: dict, plots: list[Path] = ()) -> str:
+    """Servers (version, start-up, memory), then per workload each server's medians and
+    Radixflow's ratio against each peer, then every run's full row."""
+    med, servers = report["medians"], report["servers"]
+    names = [n for n in servers if n in med]
+    peers = [n for n in names if n != "radixflow"]
+    model = report["model"]
+    out = [f"Model: `{model['name']}` ({model['hf_dir']}{', GGUF ' + model['gguf'] if model.get('gguf') else ''}).",
+           "", "| server | version | start-up s | resident MiB | notes |", "|---|---|---|---|---|"]
+    for name, st in servers.items():
+        notes = "; ".join(f"{k}: {v}" for k, v in st.get("notes", {}).items())
+        if "unavailable" in st:
+            notes = f"not run: {st['unavailable']}" + (f"; {notes}" if notes else "")
+        if st.get("start_errors"):
+            notes = f"failed to start ({len(st['start_errors'])}x)" + (f"; {notes}" if notes else "")
+        startup = statistics_median(st.get("startup_s"))
+        memory = statistics_median(st.get("resident_mb"))
+        out.append(f"| {name} | {st.get('version') or '-'} | {_num(startup, '.0f')} | {_num(memory, '.0f')} "
+                   f"| {notes} |")
+    workloads = sorted({w for n in names for w in med[n]})
+    out += ["", "Output tokens/s (median over repeats; higher is better) and Radixflow's ratio to each peer:", "",
+            "| workload | " + " | ".join(names) + " | " + " | ".join(f"ours / {p}" for p in peers) + " |",
+            "|---|" + "---|" * (len(names) + len(peers))]
+    for w in workloads:
+        vals = {n: med[n].get(w, {}).get("output_token_throughput") for n in names}
+        ratios = [(vals["radixflow"] / vals[p]) if vals.get("radixflow") and vals.get(p) else None for p in peers]
+        out.append(f"| {w} | " + " | ".join(_num(vals[n], ".1f") for n in names) + " | "
+                   + " | ".join(_num(r, ".2f") + ("x" if r else "") for r in ratios) + " |")
+    out += ["", "Time to first token, median ms (lower is better), and each peer's TTFT over Radixflow's:", "",
+            "| workload | " + " | ".join(names) + " | " + " | ".join(f"{p} / ours" for p in peers) + " |",
+            "|---|" + "---|" * (len(names) + len(peers))]
+    for w in workloads:
+        vals = {n: med[n].get(w, {}).get("ttft_median_s") for n in names}
+        ratios = [(vals[p] / vals["radixflow"]) if vals.get("radixflow") and vals.get(p) else None for p in peers]
+        out.append(f"| {w} | " + " | ".join(_num(vals[n] * 1e3 if vals[n] else None, ".0f") for n in names)
+                   + " | " + " | ".join(_num(r, ".2f") + ("x" if r else "") for r in ratios) + " |")
+    out += ["", "Every run (cache hits as the server reports them; valid = outputs that parse and match the schema):",
+            "", serve_markdown(report["rows"], plots)]
+    return "\n".join(out)
+
+
+def statistics_median(values) -> float | None:
+    import statistics
+
+    return statistics.median(values) if values else None
+
+
+def write_compare_plot(out_json: str | Path, medians: dict) -> list[Path]:
+    """<stem>-throughput-by-server.png: output tokens/s per workload, one bar per server."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(medians)
+    workloads = sorted({w for n in names for w in medians[n]})
+    if not names or not workloads:
+        return []
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(workloads)), 4))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        ys = [medians[name].get(w, {}).get("output_token_throughput") or 0 for w in workloads]
+        ax.bar([k + i * width for k in range(len(workloads))], ys, width, label=name)
+    ax.set_xticks([k + width * (len(names) - 1) / 2 for k in range(len(workloads))], workloads)
+    ax.set_ylabel("output tokens/s (median)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out_json)
+    path = out.with_name(out.stem + "-throughput-by-server.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]

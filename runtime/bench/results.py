@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ def argv(args: argparse.Namespace) -> list[str]:
         if key in ("func", "command", "bench", "bench_command") or value in (None, False) or callable(value):
             continue
         flag = f"--{key.replace('_', '-')}"
-        out += [flag] if value is True else [flag, str(value)]
+        out += [flag] if value is True else [flag, shlex.quote(str(value))]
     return out
 
 

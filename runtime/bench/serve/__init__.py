@@ -50,6 +50,8 @@ def add_load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny sessions, for a smoke run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-ignore-eos", action="store_true",
+                   help="never send the ignore_eos extra (servers that refuse it): outputs end at EOS")
 
 
 def shape_of(args: argparse.Namespace) -> Shape:
@@ -65,17 +67,19 @@ def concurrencies(args: argparse.Namespace) -> list[int]:
 
 async def run_load(base_url: str, backend: str, model: str, workload: str, shape: Shape, seed: int,
                    max_concurrency: int, request_rate: float, warmup: int, api_key: str | None = None,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, ignore_eos: bool = True) -> dict:
     """One timed run: every session of the workload; returns {"summary", "records"}."""
     check_supported(backend, workload)
     sessions = build(workload, shape, seed)  # callers vary the seed per run: no run meets another's prompts
+    for session in sessions:
+        session.ignore_eos = session.ignore_eos and ignore_eos
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=httpx.Timeout(600.0),
                                  limits=limits) as client:
         for k in range(warmup):  # the first turn of a session from other seeds: untimed
             warm = build(workload, shape, -1 - seed * 100 - k)[0]
-            warm.turns = warm.turns[:1]
+            warm.turns, warm.ignore_eos = warm.turns[:1], warm.ignore_eos and ignore_eos
             await run_session(client, backend, model, warm, [])
         records: list[RequestRecord] = []
         bar = _progress(sum(len(s.turns) for s in sessions), f"{workload} c={max_concurrency}", progress)
@@ -118,11 +122,13 @@ def run_workloads(args: argparse.Namespace, base_url: str, label: str, model: st
     for workload in [w.strip() for w in args.workloads.split(",") if w.strip()]:
         for k, concurrency in enumerate(concurrencies(args)):
             row = {"server": label, "model": model, "backend": args.backend, "workload": workload,
-                   "max_concurrency": concurrency, "request_rate": args.request_rate}
+                   "max_concurrency": concurrency, "request_rate": args.request_rate,
+                   "ignore_eos": not args.no_ignore_eos}
             try:
                 result = asyncio.run(run_load(
                     base_url, args.backend, model, workload, shape_of(args), args.seed * 100 + k, concurrency,
-                    args.request_rate, args.warmup, args.api_key, progress=not args.no_progress))
+                    args.request_rate, args.warmup, args.api_key, progress=not args.no_progress,
+                    ignore_eos=not args.no_ignore_eos))
             except UnsupportedWorkload as e:
                 rows.append({**row, "unsupported": str(e)})
                 continue

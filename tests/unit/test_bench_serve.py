@@ -101,3 +101,31 @@ def test_rag_draws_passages_from_a_shared_corpus():
     sessions = build("rag", Shape(num_sessions=10, passages=3, corpus=5, passage_len=20), 0)
     passages = [line for s in sessions for line in s.turns[0].user.splitlines() if line.startswith("[")]
     assert len(passages) == 30 and len(set(passages)) <= 5
+
+
+def _row(server, workload, repeat, tok_s, ttft):
+    stat = {"mean": ttft, "median": ttft, "p90": ttft, "p99": ttft}
+    return {"server": server, "workload": workload, "max_concurrency": 8, "repeat": repeat, "summary": {
+        "requests": 4, "successes": 4, "errors": 0, "first_error": None, "request_throughput": 1.0,
+        "output_token_throughput": tok_s, "cache_hit_rate": None, "valid_rate": None, "tool_calls": 0,
+        "ttft_s": stat, "tpot_s": stat, "itl_s": stat, "e2e_s": stat}, "e2e_s": [ttft], "ttft_s": [ttft]}
+
+
+def test_compare_takes_medians_over_repeats_and_ratios_against_each_peer():
+    from runtime.bench.compare import medians
+    from runtime.bench.serve.report import compare_markdown
+
+    rows = [_row("radixflow", "rag", 0, 100.0, 0.2), _row("radixflow", "rag", 1, 120.0, 0.4),
+            _row("radixflow", "rag", 2, 110.0, 0.3), _row("vllm", "rag", 0, 50.0, 0.6),
+            _row("vllm", "rag", 1, 60.0, 0.6)]
+    med = medians(rows)
+    assert med["radixflow"]["rag"]["output_token_throughput"] == 110.0 and med["radixflow"]["rag"]["runs"] == 3
+    assert med["vllm"]["rag"]["output_token_throughput"] == 55.0
+    report = {"model": {"name": "m", "hf_dir": "/m", "gguf": None}, "medians": med, "rows": rows,
+              "servers": {"radixflow": {"version": "0.1.0", "startup_s": [5.0]},
+                          "vllm": {"version": "0.32", "startup_s": [100.0], "resident_mb": [900.0]},
+                          "llama.cpp": {"unavailable": "llama.cpp serves GGUF files; this checkpoint has none"}}}
+    md = compare_markdown(report)
+    assert "| rag | 110.0 | 55.0 | 2.00x |" in md  # ours / vllm output tokens/s
+    assert "| rag | 300 | 600 | 2.00x |" in md  # vllm TTFT / ours
+    assert "not run: llama.cpp serves GGUF files" in md

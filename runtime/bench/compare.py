@@ -35,6 +35,8 @@ def add_parser(sub) -> None:
     p.add_argument("--radixflow-args", default="--dtype bfloat16 --context-length 4096 --max-total-tokens 65536",
                    help="extra `radixflow serve` flags, one string")
     p.add_argument("--api-key", default=None)
+    p.add_argument("--profile", action="store_true",
+                   help="then one more, unmeasured radixflow pass under py-spy: where the engine's time goes")
     p.add_argument("--out", default=None, help=f"default: {DEFAULT_OUT}")
     p.set_defaults(func=run)
 
@@ -129,6 +131,8 @@ def run(args: argparse.Namespace) -> None:
                 status[name].setdefault("resident_mb", []).append(proc.resident_mb())
             finally:
                 proc.stop()
+    if args.profile and "radixflow" in servers:
+        status["radixflow"]["profile"] = profile_radixflow(args, servers["radixflow"], root, model)
     out = args.out or DEFAULT_OUT.format(model=args.model if args.model in ("smollm2", "demo-small")
                                          else Path(args.model).name)
     report = {**results.header("compare", args), "model": model.__dict__, "servers": status, "rows": rows,
@@ -137,6 +141,24 @@ def run(args: argparse.Namespace) -> None:
     report["plots"] = [str(p) for p in plots]
     for path in results.write(out, report, compare_markdown(report, plots)):
         print(f"wrote {path}")
+
+
+def profile_radixflow(args: argparse.Namespace, server: RadixflowServer, root: Path, model: Model) -> dict:
+    """The workloads once more with py-spy on the engine process (slower: not measured)."""
+    import tempfile
+
+    from runtime.bench.profile import Profiler, engine_pid
+
+    proc = server.start(root, model)
+    try:
+        pid = engine_pid(proc.proc.pid)
+        profiler = Profiler(pid, Path(tempfile.mkdtemp()) / "engine.txt").start()
+        quiet = argparse.Namespace(**{**vars(args), "warmup": 0})
+        run_workloads(quiet, proc.url, "radixflow (profiled)", model=server_model(proc.url, args.api_key))
+        profiler.stop()
+        return profiler.summary()
+    finally:
+        proc.stop()
 
 
 def medians(rows: list[dict]) -> dict:

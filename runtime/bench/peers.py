@@ -106,5 +106,6 @@ PEERS = {
                                 "*": "refuses ignore_eos (422): its outputs end at EOS"}),
     # built without AMX: on this VM its AMX kernels fault on any prompt of 2+ tokens
     "llama.cpp": Peer("llama.cpp", ("llama-cpp-python[server]",), install_env={"CMAKE_ARGS": LLAMA_CPP_CMAKE},
-                      notes={"*": "llama-cpp-python's server runs one request at a time"}),
+                      notes={"*": "llama-cpp-python's server runs one request at a time; it serves the GGUF as it "
+                                  "is (SmolLM2's is Q4_1, the others run its bf16 conversion)"}),
 }

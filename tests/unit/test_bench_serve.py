@@ -129,3 +129,20 @@ def test_compare_takes_medians_over_repeats_and_ratios_against_each_peer():
     assert "| rag | 110.0 | 55.0 | 2.00x |" in md  # ours / vllm output tokens/s
     assert "| rag | 300 | 600 | 2.00x |" in md  # vllm TTFT / ours
     assert "not run: llama.cpp serves GGUF files" in md
+
+
+def test_profile_folds_stacks_into_stage_and_function_shares():
+    from runtime.bench.profile import fold
+
+    loop = "process 1:\"python\";thread (0x1);_loop (runtime/engine/engine_loop.py:170)"
+    collapsed = "\n".join([
+        f"{loop};step (runtime/engine/scheduler.py:120);run (runtime/engine/model_runner.py:90);"
+        "forward (runtime/models/llama.py:80);linear (torch/nn/functional.py:1) 6",
+        f"{loop};step (runtime/engine/scheduler.py:120);sample (runtime/engine/sampler.py:200) 3",
+        f"{loop};step (runtime/engine/scheduler.py:120);_schedule (runtime/engine/scheduler.py:140) 1",
+        f"{loop};_drain (runtime/engine/engine_loop.py:220);poll (multiprocessing/connection.py:257) 10",
+    ])
+    out = fold(collapsed)
+    assert (out["busy_samples"], out["idle_samples"]) == (10, 10)
+    assert out["stages"] == {"model forward": 0.6, "sampler": 0.3, "scheduler": 0.1}
+    assert out["functions"][0] == ("forward", 0.6)

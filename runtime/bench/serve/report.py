@@ -128,6 +128,14 @@ def compare_markdown(report: dict, plots: list[Path] = ()) -> str:
         ratios = [(vals[p] / vals["radixflow"]) if vals.get("radixflow") and vals.get(p) else None for p in peers]
         out.append(f"| {w} | " + " | ".join(_num(vals[n] * 1e3 if vals[n] else None, ".0f") for n in names)
                    + " | " + " | ".join(_num(r, ".2f") + ("x" if r else "") for r in ratios) + " |")
+    prof = servers.get("radixflow", {}).get("profile")
+    if prof:
+        out += ["", f"Where Radixflow's engine process spends its busy time (py-spy, {prof['busy_samples']} busy "
+                f"samples, an extra unmeasured pass over the same workloads; {prof['idle_samples']} idle):", "",
+                "| stage | share |", "|---|---|"]
+        out += [f"| {k} | {v:.0%} |" for k, v in prof["stages"].items()]
+        out += ["", "| function (innermost of ours) | share |", "|---|---|"]
+        out += [f"| `{k}` | {v:.1%} |" for k, v in prof["functions"]]
     out += ["", "Every run (cache hits as the server reports them; valid = outputs that parse and match the schema):",
             "", serve_markdown(report["rows"], plots)]
     return "\n".join(out)

@@ -88,9 +88,6 @@ class RadixflowServer:
 
 
 def run(args: argparse.Namespace) -> None:
-    from runtime.bench import results
-    from runtime.bench.serve.report import compare_markdown, write_compare_plot, write_plots
-
     model = resolve(args.model)
     root = Path(args.peer_dir)
     servers: dict[str, RadixflowServer | Peer] = {}
@@ -126,21 +123,34 @@ def run(args: argparse.Namespace) -> None:
                 served = server_model(proc.url, args.api_key)  # transformers serve names it by its path
                 own = argparse.Namespace(**{**vars(args), "no_ignore_eos": args.no_ignore_eos or not getattr(
                     server, "takes_ignore_eos", True)})
+                if getattr(server, "eos_via_logit_bias", False):
+                    own.eos_logit_bias = ",".join(str(t) for t in model.eos_ids())
                 for row in run_workloads(own, proc.url, name, model=served):
                     rows.append({**row, "repeat": repeat})
                 status[name].setdefault("resident_mb", []).append(proc.resident_mb())
+                write_report(args, model, status, rows)  # after each server: a crash loses nothing
             finally:
                 proc.stop()
     if args.profile and "radixflow" in servers:
-        status["radixflow"]["profile"] = profile_radixflow(args, servers["radixflow"], root, model)
+        try:
+            status["radixflow"]["profile"] = profile_radixflow(args, servers["radixflow"], root, model)
+        except (RuntimeError, OSError) as e:
+            status["radixflow"]["profile_error"] = str(e)
+    for path in write_report(args, model, status, rows):
+        print(f"wrote {path}")
+
+
+def write_report(args: argparse.Namespace, model: Model, status: dict, rows: list[dict]) -> list[Path]:
+    from runtime.bench import results
+    from runtime.bench.serve.report import compare_markdown, write_compare_plot, write_plots
+
     out = args.out or DEFAULT_OUT.format(model=args.model if args.model in ("smollm2", "demo-small")
                                          else Path(args.model).name)
     report = {**results.header("compare", args), "model": model.__dict__, "servers": status, "rows": rows,
               "medians": medians(rows)}
     plots = write_plots(out, [r for r in rows if r.get("repeat") == 0]) + write_compare_plot(out, report["medians"])
     report["plots"] = [str(p) for p in plots]
-    for path in results.write(out, report, compare_markdown(report, plots)):
-        print(f"wrote {path}")
+    return results.write(out, report, compare_markdown(report, plots))
 
 
 def profile_radixflow(args: argparse.Namespace, server: RadixflowServer, root: Path, model: Model) -> dict:

@@ -35,6 +35,11 @@ class Model:
     hf_dir: str  # config.json + safetensors + tokenizer
     gguf: str | None = None  # the same weights as GGUF (llama.cpp), if there is one
 
+    def eos_ids(self) -> tuple[int, ...]:
+        from runtime.config import ModelConfig
+
+        return ModelConfig.from_hf(self.hf_dir).eos_token_ids
+
 
 @dataclass(frozen=True)
 class Peer:
@@ -44,6 +49,7 @@ class Peer:
     notes: dict[str, str] = field(default_factory=dict)  # workload -> a known limitation, shown in reports
     install_env: dict[str, str] = field(default_factory=dict)
     takes_ignore_eos: bool = True  # False: the `ignore_eos` extra is refused, outputs end at EOS
+    eos_via_logit_bias: bool = False  # ignores `ignore_eos` but honours logit_bias: EOS is banned that way
 
     def venv(self, root: Path) -> Path:
         return root / self.name.replace(".", "-")
@@ -91,7 +97,8 @@ class Peer:
                     "--port", str(port), "--continuous-batching", "--cb-max-memory-percent", "0.1",
                     "--device", "cpu", "--dtype", "bfloat16"], {}
         return [py, "-m", "llama_cpp.server", "--model", model.gguf, "--host", "127.0.0.1", "--port", str(port),
-                "--n_ctx", "4096", "--model_alias", model.name], {}
+                "--n_ctx", "4096", "--model_alias", model.name,
+                "--n_threads", str(os.cpu_count()), "--n_threads_batch", str(os.cpu_count())], {}  # default: half
 
     def start(self, root: Path, model: Model, timeout_s: float = 900.0) -> Server:
         port = free_port()
@@ -106,6 +113,10 @@ PEERS = {
                                 "*": "refuses ignore_eos (422): its outputs end at EOS"}),
     # built without AMX: on this VM its AMX kernels fault on any prompt of 2+ tokens
     "llama.cpp": Peer("llama.cpp", ("llama-cpp-python[server]",), install_env={"CMAKE_ARGS": LLAMA_CPP_CMAKE},
-                      notes={"*": "llama-cpp-python's server runs one request at a time; it serves the GGUF as it "
-                                  "is (SmolLM2's is Q4_1, the others run its bf16 conversion)"}),
+                      eos_via_logit_bias=True,
+                      notes={"*": "llama-cpp-python's server runs one request at a time and reports no usage when "
+                                  "streaming (output tokens counted as chunks); it serves the GGUF as it is "
+                                  "(SmolLM2's is Q4_1, the others run its bf16 conversion); it ignores ignore_eos, "
+                                  "so EOS is banned through logit_bias",
+                             "json-schema": "takes only response_format json_object (json_schema: an error)"}),
 }

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -35,9 +36,10 @@ class Profiler:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Profiler":
-        if shutil.which("py-spy") is None:
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        if not Path(py_spy).exists():
             raise RuntimeError("py-spy is not installed (pip install py-spy)")
-        self.proc = subprocess.Popen(["py-spy", "record", "-p", str(self.pid), "-r", str(self.rate), "--format",
+        self.proc = subprocess.Popen([py_spy, "record", "-p", str(self.pid), "-r", str(self.rate), "--format",
                                       "raw", "-o", str(self.out), "--nonblocking"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(1.0)  # attached

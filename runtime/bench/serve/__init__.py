@@ -52,6 +52,8 @@ def add_load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-ignore-eos", action="store_true",
                    help="never send the ignore_eos extra (servers that refuse it): outputs end at EOS")
+    p.add_argument("--eos-logit-bias", default=None, metavar="IDS",
+                   help="ignore EOS by banning these token ids through logit_bias (servers without ignore_eos)")
 
 
 def shape_of(args: argparse.Namespace) -> Shape:
@@ -67,19 +69,19 @@ def concurrencies(args: argparse.Namespace) -> list[int]:
 
 async def run_load(base_url: str, backend: str, model: str, workload: str, shape: Shape, seed: int,
                    max_concurrency: int, request_rate: float, warmup: int, api_key: str | None = None,
-                   progress: bool = True, ignore_eos: bool = True) -> dict:
+                   progress: bool = True, ignore_eos: bool = True, eos_bias: tuple[int, ...] = ()) -> dict:
     """One timed run: every session of the workload; returns {"summary", "records"}."""
     check_supported(backend, workload)
     sessions = build(workload, shape, seed)  # callers vary the seed per run: no run meets another's prompts
     for session in sessions:
-        session.ignore_eos = session.ignore_eos and ignore_eos
+        session.ignore_eos, session.eos_bias = session.ignore_eos and ignore_eos, eos_bias
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=httpx.Timeout(600.0),
                                  limits=limits) as client:
         for k in range(warmup):  # the first turn of a session from other seeds: untimed
             warm = build(workload, shape, -1 - seed * 100 - k)[0]
-            warm.turns, warm.ignore_eos = warm.turns[:1], warm.ignore_eos and ignore_eos
+            warm.turns, warm.ignore_eos, warm.eos_bias = warm.turns[:1], warm.ignore_eos and ignore_eos, eos_bias
             await run_session(client, backend, model, warm, [])
         records: list[RequestRecord] = []
         bar = _progress(sum(len(s.turns) for s in sessions), f"{workload} c={max_concurrency}", progress)
@@ -123,12 +125,12 @@ def run_workloads(args: argparse.Namespace, base_url: str, label: str, model: st
         for k, concurrency in enumerate(concurrencies(args)):
             row = {"server": label, "model": model, "backend": args.backend, "workload": workload,
                    "max_concurrency": concurrency, "request_rate": args.request_rate,
-                   "ignore_eos": not args.no_ignore_eos}
+                   "ignore_eos": ("logit_bias" if eos_bias_of(args) else "extra") if not args.no_ignore_eos else "off"}
             try:
                 result = asyncio.run(run_load(
                     base_url, args.backend, model, workload, shape_of(args), args.seed * 100 + k, concurrency,
                     args.request_rate, args.warmup, args.api_key, progress=not args.no_progress,
-                    ignore_eos=not args.no_ignore_eos))
+                    ignore_eos=not args.no_ignore_eos, eos_bias=eos_bias_of(args)))
             except UnsupportedWorkload as e:
                 rows.append({**row, "unsupported": str(e)})
                 continue
@@ -137,6 +139,10 @@ def run_workloads(args: argparse.Namespace, base_url: str, label: str, model: st
                          "ttft_s": sorted(r.ttft for r in result["records"] if r.ok and r.ttft is not None)})
             print(_line(rows[-1]))
     return rows
+
+
+def eos_bias_of(args: argparse.Namespace) -> tuple[int, ...]:
+    return tuple(int(t) for t in (getattr(args, "eos_logit_bias", None) or "").split(",") if t.strip())
 
 
 def _line(row: dict) -> str:

@@ -50,6 +50,8 @@ async def run_session(client: httpx.AsyncClient, backend: str, model: str, sessi
             record.ok, record.error = False, f"{type(e).__name__}: {e}"[:500]
             text, calls = "", []
         record.end = time.perf_counter()
+        if record.ok and record.completion_tokens is None:  # no usage in the stream (llama-cpp-python)
+            record.completion_tokens, record.tokens_counted = len(record.chunk_times), True
         if session.ignore_eos and record.finish_reason == "length":
             record.finish_reason = None  # the intended end, not a cut-off
         if record.ok and session.schema is not None:
@@ -60,9 +62,10 @@ async def run_session(client: httpx.AsyncClient, backend: str, model: str, sessi
             on_request()
         if not record.ok:
             return  # the rest of the conversation depends on this reply
-        reply: dict = {"role": "assistant", "content": text or None}
+        reply: dict = {"role": "assistant", "content": text}
         if calls:
             reply["tool_calls"] = calls
+            reply["content"] = text or None
         messages.append(reply)
         pending_calls = calls
 

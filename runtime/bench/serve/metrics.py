@@ -29,6 +29,7 @@ class RequestRecord:
     error: str | None = None
     valid: bool | None = None  # json-schema: the output parses and validates
     finish_reason: str | None = None  # as the server reported it ("length": cut off by max_tokens)
+    tokens_counted: bool = False  # the server reported no usage: completion_tokens = output chunks
     tool_calls: int = 0
 
     @property
@@ -89,6 +90,7 @@ def summarize(records: list[RequestRecord], duration_s: float) -> dict:
         "valid_rate": sum(r.valid for r in checked) / len(checked) if checked else None,
         "tool_calls": sum(r.tool_calls for r in ok),
         "truncated": sum(r.finish_reason == "length" for r in ok),
+        "usage_missing": sum(r.tokens_counted for r in ok),  # tokens counted as chunks, prompts unknown
         "ttft_s": stats([r.ttft for r in ok if r.ttft is not None]),
         "tpot_s": stats([r.tpot for r in ok if r.tpot is not None]),
         "itl_s": stats([gap for r in ok for gap in r.itls]),

@@ -66,11 +66,16 @@ class Session:
     turns: list[Turn]
     tools: list[dict] | None = None
     schema: dict | None = None  # outputs must validate against it (json-schema)
-    ignore_eos: bool = False  # decode max_tokens whatever the model says (sent as the extra field)
+    ignore_eos: bool = False  # decode max_tokens whatever the model says
     group: int | None = None  # shared-prefix: the group whose prefix it shares
+    eos_bias: tuple[int, ...] = ()  # ignore EOS by banning these ids (logit_bias), for servers without ignore_eos
 
     def extra_body(self) -> dict[str, Any]:
-        return {"ignore_eos": True} if self.ignore_eos else {}
+        if not self.ignore_eos:
+            return {}
+        if self.eos_bias:
+            return {"logit_bias": {str(t): -100 for t in self.eos_bias}}
+        return {"ignore_eos": True}  # the SGLang / vLLM extra field
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,8 @@ class Peer:
                     "--device", "cpu", "--dtype", "bfloat16"], {}
         return [py, "-m", "llama_cpp.server", "--model", model.gguf, "--host", "127.0.0.1", "--port", str(port),
                 "--n_ctx", "4096", "--model_alias", model.name,
-                "--n_threads", str(os.cpu_count()), "--n_threads_batch", str(os.cpu_count())], {}  # default: half
+                "--n_threads", str(os.cpu_count()), "--n_threads_batch", str(os.cpu_count()),  # default: half
+                "--interrupt_requests", "False"], {}  # default: a new request cuts the running one off
 
     def start(self, root: Path, model: Model, timeout_s: float = 900.0) -> Server:
         port = free_port()

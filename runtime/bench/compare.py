@@ -69,6 +69,7 @@ class RadixflowServer:
 
     name = "radixflow"
     notes: dict[str, str] = {}
+    takes_ignore_eos, eos_via_logit_bias = True, False  # as Peer's
 
     def __init__(self, extra_args: str) -> None:
         self.extra_args = shlex.split(extra_args)
@@ -121,9 +122,9 @@ def run(args: argparse.Namespace) -> None:
             try:
                 status[name].setdefault("startup_s", []).append(proc.startup_s)
                 served = server_model(proc.url, args.api_key)  # transformers serve names it by its path
-                own = argparse.Namespace(**{**vars(args), "no_ignore_eos": args.no_ignore_eos or not getattr(
-                    server, "takes_ignore_eos", True)})
-                if getattr(server, "eos_via_logit_bias", False):
+                own = argparse.Namespace(**{**vars(args),
+                                            "no_ignore_eos": args.no_ignore_eos or not server.takes_ignore_eos})
+                if server.eos_via_logit_bias:
                     own.eos_logit_bias = ",".join(str(t) for t in model.eos_ids())
                 for row in run_workloads(own, proc.url, name, model=served):
                     rows.append({**row, "repeat": repeat})

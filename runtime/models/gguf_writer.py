@@ -14,14 +14,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-HF_TO_GGUF_LAYER = {
-    "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
-    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
-    "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
-}
-HF_TO_GGUF_GLOBAL = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
-GGUF_ARCH = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
+from runtime.models.gguf_loader import ARCHITECTURES, GLOBAL_TENSORS, LAYER_TENSORS
+
+# the loader's name tables, read the other way
+HF_TO_GGUF_LAYER = {hf: name for name, hf in LAYER_TENSORS.items()}
+HF_TO_GGUF_GLOBAL = {hf: name for name, hf in GLOBAL_TENSORS.items()}
+GGUF_ARCH = {hf: name for name, (hf, _) in ARCHITECTURES.items()}
 
 
 def llama_cpp_permute(w: np.ndarray, num_heads: int) -> np.ndarray:

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("bench", help="benchmarks")
     bench = p.add_subparsers(dest="bench", required=True)
-    from runtime.bench import compare, grammar, offline, prefix, programs, report, serve
+    from runtime.bench import compare, grammar, offline, prefix, programs, report, roofline, serve
 
     offline.add_parser(bench)
     prefix.add_parser(bench)
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     programs.add_parser(bench)
     serve.add_parser(bench)
     compare.add_parser(bench)
+    roofline.add_parser(bench)
     report.add_parser(bench)
     args = parser.parse_args(argv)
     args.func(args)

@@ -129,6 +129,30 @@ def test_compare_takes_medians_over_repeats_and_ratios_against_each_peer():
     assert "| rag | 110.0 | 55.0 | 2.00x |" in md  # ours / vllm output tokens/s
     assert "| rag | 300 | 600 | 2.00x |" in md  # vllm TTFT / ours
     assert "not run: llama.cpp serves GGUF files" in md
+    assert "ahead of every peer on every workload" in md
+
+
+def test_compare_says_where_radixflow_is_behind_and_why_from_the_profile():
+    from runtime.bench.compare import medians
+    from runtime.bench.serve.report import compare_markdown
+
+    rows = [_row("radixflow", "rag", 0, 40.0, 0.2), _row("vllm", "rag", 0, 50.0, 0.6),
+            _row("radixflow", "multi-turn", 0, 90.0, 0.2), _row("vllm", "multi-turn", 0, 60.0, 0.6)]
+    profile = {"busy_samples": 10, "idle_samples": 0, "functions": [],
+               "stages": {"model forward": 0.6, "attention": 0.35, "scheduler": 0.03, "IPC / loop": 0.02}}
+    report = {"model": {"name": "m", "hf_dir": "/m", "gguf": None}, "medians": medians(rows), "rows": rows,
+              "servers": {"radixflow": {"profile": profile}, "vllm": {}}}
+    md = compare_markdown(report)
+    assert "behind on output tokens/s: rag vs vllm (0.80x)." in md
+    report["servers"]["vllm"]["notes"] = {"rag": "it lacks something rag needs"}  # not a like-for-like race
+    md = compare_markdown(report)
+    assert "ahead of every peer" in md
+    report["servers"]["vllm"]["notes"] = {}
+    md = compare_markdown(report)
+    assert "behind on output tokens/s: rag vs vllm (0.80x)." in md
+    assert "multi-turn vs vllm" not in md
+    assert "60% in model forward of its busy time, 35% in attention, 3% in scheduler" in md
+    assert "scheduling, batch building and IPC take 5%, so the gap is the model's own ops" in md
 
 
 def test_profile_folds_stacks_into_stage_and_function_shares():

@@ -129,6 +129,7 @@ def compare_markdown(report: dict, plots: list[Path] = ()) -> str:
         out.append(f"| {w} | " + " | ".join(_num(vals[n] * 1e3 if vals[n] else None, ".0f") for n in names)
                    + " | " + " | ".join(_num(r, ".2f") + ("x" if r else "") for r in ratios) + " |")
     prof = servers.get("radixflow", {}).get("profile")
+    out += _behind(med, servers, names, peers, workloads, prof)
     if prof:
         out += ["", f"Where Radixflow's engine process spends its busy time (py-spy, {prof['busy_samples']} busy "
                 f"samples, an extra unmeasured pass over the same workloads; {prof['idle_samples']} idle):", "",
@@ -139,6 +140,36 @@ def compare_markdown(report: dict, plots: list[Path] = ()) -> str:
     out += ["", "Every run (cache hits as the server reports them; valid = outputs that parse and match the schema):",
             "", serve_markdown(report["rows"], plots)]
     return "\n".join(out)
+
+
+def _behind(med: dict, servers: dict, names: list[str], peers: list[str], workloads: list[str],
+            prof: dict | None) -> list[str]:
+    """A sentence naming where Radixflow is behind a peer, and why from the profile. A
+    workload a peer has a note on (it lacks the feature: e.g. it ignores response_format)
+    is not a like-for-like race and is left out."""
+    if "radixflow" not in names:
+        return []
+    behind = []
+    for w in workloads:
+        ours = med["radixflow"].get(w, {}).get("output_token_throughput")
+        for p in peers:
+            theirs = med[p].get(w, {}).get("output_token_throughput")
+            if w in servers.get(p, {}).get("notes", {}):
+                continue
+            if ours and theirs and ours < theirs:
+                behind.append(f"{w} vs {p} ({ours / theirs:.2f}x)")
+    if not behind:
+        return ["", "Radixflow is ahead of every peer on every workload in output tokens/s."]
+    text = "Radixflow is behind on output tokens/s: " + ", ".join(behind) + "."
+    if prof:
+        stages = sorted(prof["stages"].items(), key=lambda kv: -kv[1])
+        top = [f"{share:.0%} in {stage}" for stage, share in stages[:3]]
+        text += f" Why, from the profile below: the engine spends {top[0]} of its busy time, " + ", ".join(top[1:])
+        outside = sum(share for stage, share in stages if stage in ("scheduler", "IPC / loop", "batch building"))
+        text += (f"; scheduling, batch building and IPC take {outside:.0%}, so the gap is the model's own ops "
+                 "(see the roofline benchmark for how far each phase is from this machine's limit)."
+                 if outside < 0.1 else f"; scheduling, batch building and IPC take {outside:.0%}.")
+    return ["", text]
 
 
 def statistics_median(values) -> float | None:

@@ -126,6 +126,8 @@ class EngineConfig:
     enable_jump_forward: bool = _option(False, "append text the grammar forces without decoding it (off: "
                                                "outputs differ, see docs/benchmarks.md)")
     num_threads: int | None = _option(None, "torch CPU threads in the engine process")
+    cpu_linear: str = _option("auto", "CPU linear layers: onednn (weights reordered once at load; bf16 only) or "
+                                      "torch (F.linear); auto: onednn where available", ("auto", "onednn", "torch"))
     extra: dict = field(default_factory=dict)  # bench/test switches (e.g. record_step_times); no flag
 
     def __post_init__(self) -> None:

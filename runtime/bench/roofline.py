@@ -58,17 +58,38 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _apply_all(layers, x) -> None:
+    for layer in layers:
+        layer(x)
+
+
 def measure_machine(dtype) -> dict:
-    """Read bandwidth (bytes/s) and GEMM rate (FLOP/s in `dtype`) with the current threads."""
+    """Read bandwidth (GB/s) and GEMM rate (GFLOP/s in `dtype`) with the current threads.
+    The bandwidth is the faster of two kernels that stream 1 GiB: an fp32 sum, and
+    one-row products with 1 GiB of weights through the engine's own linear layer (oneDNN's
+    reads outrun the sum on this CPU)."""
     import torch
 
+    from runtime.layers.linear import OneDNNLinear, onednn_packing_available
+
     buf = torch.ones(256 << 20, dtype=torch.float32)  # 1 GiB: far past every cache
-    bandwidth = buf.numel() * 4 / _median_time(buf.sum, 5)
+    sum_read = buf.numel() * 4 / _median_time(buf.sum, 5)
     del buf
+    rows, cols = 4096, 8192  # 64 MiB in bf16, 16 of them
+    weights = [torch.randn(rows, cols, dtype=dtype) for _ in range((1 << 30) // (rows * cols * dtype.itemsize))]
+    if onednn_packing_available(dtype, "cpu"):
+        layers = [OneDNNLinear(w, None) for w in weights]
+    else:
+        layers = [torch.nn.Linear(cols, rows, bias=False, dtype=dtype) for _ in weights]
+    x = torch.randn(1, cols, dtype=dtype)
+
+    with torch.inference_mode():
+        gemv_read = len(layers) * rows * cols * dtype.itemsize / _median_time(lambda: _apply_all(layers, x), 3)
     n = 2048
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     gemm = 2 * n ** 3 / _median_time(lambda: torch.mm(a, b), 5)
-    return {"read_bandwidth_gb_s": bandwidth / 1e9, "gemm_gflop_s": gemm / 1e9}
+    return {"read_bandwidth_gb_s": max(sum_read, gemv_read) / 1e9, "sum_read_gb_s": sum_read / 1e9,
+            "gemv_read_gb_s": gemv_read / 1e9, "gemm_gflop_s": gemm / 1e9}
 
 
 # ----------------------------------------------------------------------------- model phases
@@ -112,6 +133,7 @@ class ModelUnderTest:
         from runtime.cache.kv_pool import KVPool
         from runtime.config import ModelConfig
         from runtime.layers.attention import TorchNativeBackend
+        from runtime.layers.linear import onednn_packing_available
         from runtime.models.loader import load_model
 
         self.dtype = getattr(torch, dtype_name)
@@ -126,6 +148,8 @@ class ModelUnderTest:
             "MLP": _numel([layer.mlp for layer in layers]),
             "lm_head": lm_head.weight.numel(),
         }
+        if onednn_packing_available(self.dtype, "cpu"):  # as the engine does by default
+            self.model.pack_for_onednn()  # (the weights were counted above)
         self.timer = PhaseTimer()
         for layer in layers:
             self.timer.wrap(layer.self_attn.qkv_proj, "forward", "attention projections")

@@ -16,6 +16,7 @@ from runtime.components import ATTENTION_BACKENDS, load
 from runtime.config import EngineConfig, ModelConfig
 from runtime.engine.forward_batch import ForwardMode
 from runtime.engine.sampler import SamplingBatch, compute_logprobs, greedy_tokens, is_plain_greedy, sample
+from runtime.layers.linear import onednn_packing_available
 from runtime.models.loader import load_model
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ class ModelRunner:
         mc = self.model_config
         self.dtype = cfg.resolved_dtype(mc)
         self.model = load_model(model_path, mc, self.dtype, self.device)
+        if self._use_onednn():
+            logger.info("%d linear layers reordered for oneDNN", self.model.pack_for_onednn())
         self.context_len = min(cfg.context_length or mc.max_position_embeddings, mc.max_position_embeddings)
         if mc.sliding_window:  # no sliding-window attention yet: stay inside the window
             self.context_len = min(self.context_len, mc.sliding_window)
@@ -69,6 +72,13 @@ class ModelRunner:
         self.forward_time = 0.0  # seconds spent in model forward + logits (for overhead stats)
         logger.info("model %s (%s) on %s, %s; KV pool %d tokens; context %d", mc.architecture,
                     model_path, self.device, self.dtype, self.pool.capacity, self.context_len)
+
+    def _use_onednn(self) -> bool:
+        available = onednn_packing_available(self.dtype, self.device)
+        if self.cfg.cpu_linear == "onednn" and not available:
+            raise ValueError(f"--cpu-linear onednn needs a CPU bf16 model with oneDNN (got {self.dtype} on "
+                             f"{self.device})")
+        return available and self.cfg.cpu_linear != "torch"
 
     def _pool_size(self) -> int:
         if self.cfg.max_total_tokens:

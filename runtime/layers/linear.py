@@ -26,3 +26,42 @@ class MergedLinear(nn.Linear):
         if tensor.shape[0] != size:
             raise ValueError(f"shard {shard}.{param_name}: expected {size} rows, got {tuple(tensor.shape)}")
         target[start:start + size].copy_(tensor)
+
+
+def onednn_packing_available(dtype: torch.dtype, device: str) -> bool:
+    """oneDNN's reordered-weight linear: CPU bf16 only (there it matched F.linear bit for
+    bit in our measurements; in fp32 it is not bitwise equal and no faster at batch 1)."""
+    return device == "cpu" and dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
+
+
+class OneDNNLinear(nn.Module):
+    """y = x W^T + b with W reordered once, at load, into oneDNN's blocked layout.
+
+    `F.linear` on a plain [out, in] bf16 weight reaches ~20 GB/s of weight reads on this
+    CPU in decode-sized GEMVs; the reordered weight reaches ~35 GB/s (1.6-1.8x faster
+    at 1-64 rows, about even at prefill sizes). The dense weight is dropped: the
+    reordered copy is the only one (an opaque mkldnn tensor, the same bytes)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [..., in] -> [..., out]
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def pack_linears_onednn(model: nn.Module) -> int:
+    """Replace every nn.Linear under `model` (MergedLinear included) by an OneDNNLinear,
+    once the weights are loaded; returns how many were replaced."""
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, OneDNNLinear(child.weight, child.bias))
+                count += 1
+    return count

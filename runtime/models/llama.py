@@ -14,7 +14,7 @@ from torch import nn
 from runtime.config import ModelConfig
 from runtime.layers.activation import silu_and_mul
 from runtime.layers.attention import AttentionBackend
-from runtime.layers.linear import MergedLinear
+from runtime.layers.linear import MergedLinear, OneDNNLinear, pack_linears_onednn
 from runtime.layers.norm import RMSNorm
 from runtime.layers.rotary import RotaryEmbedding
 
@@ -104,9 +104,15 @@ class LlamaForCausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor, float32: bool = True) -> torch.Tensor:
         """hidden: [N, hidden] -> logits [N, vocab_size], float32 unless float32=False
         (then the model dtype: enough for an argmax, as the fp32 cast is exact)."""
-        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        logits = F.linear(hidden, weight)
+        logits = F.linear(hidden, self.model.embed_tokens.weight) if self.lm_head is None else self.lm_head(hidden)
         return logits.float() if float32 else logits
+
+    def pack_for_onednn(self) -> int:
+        """CPU bf16: every linear layer, and the output head (for tied embeddings a reordered
+        copy of the embedding beside the table the lookup reads), in oneDNN's layout."""
+        if self.lm_head is None:
+            self.lm_head = OneDNNLinear(self.model.embed_tokens.weight, None)
+        return pack_linears_onednn(self)
 
 
 class MistralForCausalLM(LlamaForCausalLM):

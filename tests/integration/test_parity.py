@@ -71,3 +71,21 @@ def test_bf16_greedy_fast_path_matches_the_sampler_path():
         assert fast[f"r{i}"]["output_ids"] == full[f"r{i}"]["output_ids"], f"prompt {i}"
         assert len(full[f"r{i}"]["logprobs"]) == NEW_TOKENS
     core.scheduler.check_no_leaks()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_bf16_onednn_linears_equal_torch_linears(arch):
+    """On CPU in bf16 the engine reorders every linear weight for oneDNN (the default):
+    outputs and logprobs are the same, bit for bit, as with plain F.linear."""
+    path = demo_model_path(arch, "tiny", "bfloat16")
+    prompts = random_prompts(seed=11)
+    runs = {}
+    for kind in ("onednn", "torch"):
+        core = make_core(path, dtype="bfloat16", cpu_linear=kind, chunked_prefill_size=64)
+        head = type(core.runner.model.lm_head).__name__ if core.runner.model.lm_head is not None else None
+        runs[kind] = (head, run_core(core, prompts, GREEDY, stagger_steps=2, return_logprob=True))
+        core.scheduler.check_no_leaks()
+    assert runs["onednn"][0] == "OneDNNLinear" and runs["torch"][0] in (None, "Linear")
+    for i in range(len(prompts)):
+        a, b = runs["onednn"][1][f"r{i}"], runs["torch"][1][f"r{i}"]
+        assert a["output_ids"] == b["output_ids"] and a["logprobs"] == b["logprobs"], f"{arch}: prompt {i}"

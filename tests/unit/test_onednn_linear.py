@@ -1,0 +1,39 @@
+"""The oneDNN linear layer the engine uses on CPU in bf16: same values as F.linear."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from runtime.layers.linear import MergedLinear, OneDNNLinear, onednn_packing_available, pack_linears_onednn
+
+
+def test_available_for_cpu_bf16_only():
+    assert onednn_packing_available(torch.bfloat16, "cpu")  # CI's torch is built with oneDNN
+    assert not onednn_packing_available(torch.float32, "cpu")
+    assert not onednn_packing_available(torch.bfloat16, "cuda")
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8, 64, 300])
+@pytest.mark.parametrize("bias", [False, True])
+def test_equals_f_linear_bit_for_bit(rows, bias):
+    g = torch.Generator().manual_seed(rows)
+    w = torch.randn(1000, 576, generator=g).to(torch.bfloat16)
+    b = torch.randn(1000, generator=g).to(torch.bfloat16) if bias else None
+    x = torch.randn(rows, 576, generator=g).to(torch.bfloat16)
+    with torch.inference_mode():
+        got = OneDNNLinear(w, b)(x)
+    assert got.shape == (rows, 1000) and got.dtype == torch.bfloat16
+    assert torch.equal(got, F.linear(x, w, b))
+
+
+def test_pack_replaces_every_linear_and_keeps_outputs():
+    model = nn.Sequential(MergedLinear(64, {"a": 32, "b": 16}, bias=True), nn.ReLU(), nn.Linear(48, 8))
+    model = model.to(torch.bfloat16)
+    x = torch.randn(5, 64, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        before = model(x)
+        assert pack_linears_onednn(model) == 2
+        after = model(x)
+    assert [type(m).__name__ for m in model] == ["OneDNNLinear", "ReLU", "OneDNNLinear"]
+    assert torch.equal(before, after)

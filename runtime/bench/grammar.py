@@ -30,8 +30,7 @@ import statistics
 import time
 from pathlib import Path
 
-from runtime.bench.results import argv as _argv
-from runtime.bench.results import machine as _machine
+from runtime.bench.results import header
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = "docs/bench/grammar.json"
@@ -285,8 +284,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def run_masks(args: argparse.Namespace, groups: dict[str, list[Path]], backends: list[str]) -> None:
-    report: dict = {"command": "radixflow bench grammar " + " ".join(_argv(args)), "machine": _machine(),
-                    "results": {}, "per_schema": {}}
+    report: dict = {**header("grammar", args), "results": {}, "per_schema": {}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for backend in backends:
@@ -322,8 +320,8 @@ def run_generate(args: argparse.Namespace, groups: dict[str, list[Path]], backen
     from runtime.demo.checkpoint import demo_model_path
 
     model = args.model_path or str(demo_model_path("qwen2", "tiny", args.dtype))
-    report = {"command": "radixflow bench grammar " + " ".join(_argv(args)), "machine": _machine(),
-              "model": model, "max_new_tokens": args.generate_max_new_tokens, "results": {}}
+    report = {**header("grammar", args), "model": model, "max_new_tokens": args.generate_max_new_tokens,
+              "results": {}}
     out = Path(args.out).with_name(Path(args.out).stem + "-generate.json")
 
     def write(backend: str, result: dict) -> str:
@@ -346,7 +344,7 @@ def run_decode(args: argparse.Namespace) -> None:
     from runtime.demo.checkpoint import demo_model_path
 
     model = args.model_path or str(demo_model_path("qwen2", "small", args.dtype))
-    report = run_decode_comparison(model, args.dtype)
+    report = {**header("grammar", args), **run_decode_comparison(model, args.dtype)}
     out = Path(args.out).with_name("grammar-decode.json")
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))

@@ -44,6 +44,14 @@ class PaddedMetadata:
     mask: torch.Tensor | None  # bool [B, 1, max_q, max_kv]: True = may attend; None = no mask needed
     # decode only: float32 [B, 1, max_kv], 0 where a key is real and -inf on padding
     decode_bias: torch.Tensor | None
+    # decode only: int64 [S], the slots of a prefix every request in the batch shares (the
+    # radix cache gave them the same slots); kv_flat/max_kv/decode_bias then cover only
+    # what follows it. None: no shared prefix worth reading once.
+    shared_slots: torch.Tensor | None = None
+    shared_range: tuple[int, int] | None = None  # (first slot, S) when those slots are consecutive
+
+
+MIN_SHARED_PREFIX = 32  # shared KV tokens from which reading them once for the batch pays
 
 
 class TorchNativeBackend(AttentionBackend):
@@ -54,6 +62,10 @@ class TorchNativeBackend(AttentionBackend):
     Extend: queries padded to [B, max_q], one SDPA call with a causal+padding mask.
     Decode (one query per request): a grouped-query matmul-softmax-matmul. On CPU this
     is several times faster than SDPA, whose flash kernel pads one query up to a block.
+    When every request of a decode batch starts with the same KV slots (a system prompt,
+    a few-shot block or a RAG document the radix cache shares), that prefix is gathered
+    and multiplied once for the whole batch (cascade attention) and only each request's
+    own tail is gathered per request; one softmax runs over both parts.
     Gathers use index_select (a tight copy loop; advanced indexing is ~10x slower)."""
 
     def init_forward_metadata(self, fb: "ForwardBatch") -> None:
@@ -61,13 +73,11 @@ class TorchNativeBackend(AttentionBackend):
         kv_lens = torch.tensor(fb.seq_lens, dtype=torch.int64)  # [B]
         max_q, max_kv = int(q_lens.max()), fb.kv_indices.shape[1]
         device = fb.input_ids.device
+        if max_q == 1:
+            fb.attn_metadata = self._decode_metadata(fb.kv_indices, kv_lens, device)
+            return
         kv_flat = fb.kv_indices.reshape(-1)
         kj = torch.arange(max_kv)[None, None, :]  # [1, 1, max_kv]
-        if max_q == 1:
-            pad = kj >= kv_lens[:, None, None]  # [B, 1, max_kv]
-            bias = torch.zeros(pad.shape, dtype=torch.float32).masked_fill_(pad, float("-inf"))
-            fb.attn_metadata = PaddedMetadata(kv_flat, max_kv, None, None, None, bias.to(device))
-            return
         starts = torch.cumsum(q_lens, 0) - q_lens  # [B] first row of each request in q
         qi = torch.arange(max_q)[None, :]  # [1, max_q]
         valid = qi < q_lens[:, None]  # [B, max_q]
@@ -81,6 +91,22 @@ class TorchNativeBackend(AttentionBackend):
             kv_flat, max_kv, q_index.reshape(-1).to(device), out_index.to(device),
             mask[:, None].to(device), None)
 
+    @staticmethod
+    def _decode_metadata(kv_indices: torch.Tensor, kv_lens: torch.Tensor, device) -> PaddedMetadata:
+        """kv_indices: int64 [B, max_kv]; kv_lens: int64 [B] (each request's KV, new token included)."""
+        shared = _shared_prefix_len(kv_indices, kv_lens)
+        shared_slots = kv_indices[0, :shared].contiguous() if shared else None
+        shared_range = None
+        if shared and int(shared_slots[-1]) - int(shared_slots[0]) == shared - 1 \
+                and bool((shared_slots.diff() == 1).all()):
+            shared_range = (int(shared_slots[0]), shared)  # a view of the pool: no gather at all
+        tail = kv_indices[:, shared:]  # [B, max_kv - S]
+        kj = torch.arange(tail.shape[1])[None, None, :]  # [1, 1, max_kv - S]
+        pad = kj >= (kv_lens - shared)[:, None, None]  # [B, 1, max_kv - S]
+        bias = torch.zeros(pad.shape, dtype=torch.float32).masked_fill_(pad, float("-inf"))
+        return PaddedMetadata(tail.reshape(-1).to(device), tail.shape[1], None, None, None, bias.to(device),
+                              None if shared_slots is None else shared_slots.to(device), shared_range)
+
     def forward(self, q, k, v, layer_id, fb):
         pool, md = self.pool, fb.attn_metadata
         pool.k_buffers[layer_id].index_copy_(1, fb.out_cache_loc, k.transpose(0, 1))
@@ -89,6 +115,13 @@ class TorchNativeBackend(AttentionBackend):
         keys = pool.k_buffers[layer_id].index_select(1, md.kv_flat).view(hkv, b, md.max_kv, -1)
         values = pool.v_buffers[layer_id].index_select(1, md.kv_flat).view(hkv, b, md.max_kv, -1)
         if md.decode_bias is not None:
+            if md.shared_slots is not None:
+                k_buf, v_buf = pool.k_buffers[layer_id], pool.v_buffers[layer_id]
+                if md.shared_range is not None:
+                    shared = (k_buf.narrow(1, *md.shared_range), v_buf.narrow(1, *md.shared_range))
+                else:
+                    shared = (k_buf.index_select(1, md.shared_slots), v_buf.index_select(1, md.shared_slots))
+                return self._decode_cascade(q, shared, keys, values, md.decode_bias)  # shared: [Hkv, S, D] each
             return self._decode(q, keys, values, md.decode_bias)
         max_q = len(md.q_index) // b
         queries = q.index_select(0, md.q_index).view(b, max_q, self.num_heads, -1).transpose(1, 2)
@@ -108,3 +141,34 @@ class TorchNativeBackend(AttentionBackend):
         probs = torch.softmax(scores.float() * self.scale + bias, dim=-1).to(q.dtype)
         out = torch.matmul(probs, values)  # [Hkv, B, G, D]
         return out.transpose(0, 1).reshape(b, -1)
+
+    def _decode_cascade(self, q, shared, keys, values, bias):
+        """Like _decode, with a prefix of S keys/values [Hkv, S, D] that all B requests
+        share, read once: its scores come from one [B * G, D] x [D, S] product per KV head,
+        are joined to each request's tail scores [Hkv, B, G, max_tail] for one softmax, and
+        the two parts of the output are summed."""
+        b, hkv = q.shape[0], self.num_kv_heads
+        g = self.num_heads // hkv
+        shared_k, shared_v = shared
+        qg = q.view(b, hkv, g, -1).transpose(0, 1)  # [Hkv, B, G, D]
+        prefix_scores = torch.matmul(qg.reshape(hkv, b * g, -1), shared_k.transpose(-1, -2))  # [Hkv, B*G, S]
+        tail_scores = torch.matmul(qg, keys.transpose(-1, -2))  # [Hkv, B, G, max_tail]
+        num_shared = shared_k.shape[1]
+        scores = torch.cat((prefix_scores.view(hkv, b, g, num_shared), tail_scores), dim=-1)
+        bias = F.pad(bias, (num_shared, 0))  # the shared keys are real for every request
+        probs = torch.softmax(scores.float() * self.scale + bias, dim=-1).to(q.dtype)
+        out = torch.matmul(probs[..., :num_shared].reshape(hkv, b * g, num_shared), shared_v).view(hkv, b, g, -1)
+        out = out + torch.matmul(probs[..., num_shared:], values)  # [Hkv, B, G, D]
+        return out.transpose(0, 1).reshape(b, -1)
+
+
+def _shared_prefix_len(kv_indices: torch.Tensor, kv_lens: torch.Tensor) -> int:
+    """Leading KV slots that every row of kv_indices [B, max_kv] holds at the same
+    positions, short of each request's last (new) token; 0 below MIN_SHARED_PREFIX or
+    for a single request (nothing to share)."""
+    limit = int(kv_lens.min()) - 1
+    if kv_indices.shape[0] < 2 or limit < MIN_SHARED_PREFIX:
+        return 0
+    same = (kv_indices[:, :limit] == kv_indices[:1, :limit]).all(dim=0)  # [limit]
+    shared = limit if bool(same.all()) else int(same.logical_not().nonzero()[0])
+    return shared if shared >= MIN_SHARED_PREFIX else 0

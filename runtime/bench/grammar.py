@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from runtime.bench.results import header
+from runtime.bench.results import write as write_results
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = "docs/bench/grammar.json"
@@ -344,8 +345,22 @@ def run_decode(args: argparse.Namespace) -> None:
     from runtime.demo.checkpoint import demo_model_path
 
     model = args.model_path or str(demo_model_path("qwen2", "small", args.dtype))
-    report = {**header("grammar", args), **run_decode_comparison(model, args.dtype)}
+    report = {**header("grammar", args), "model": model, **run_decode_comparison(model, args.dtype)}
     out = Path(args.out).with_name("grammar-decode.json")
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    print(json.dumps(report, indent=1))
-    print(f"wrote {out}")
+    for path in write_results(out, report, decode_markdown(report)):
+        print(f"wrote {path}")
+
+
+def decode_markdown(report: dict) -> str:
+    jump = report["jump_forward"]
+    return "\n".join([
+        f"`{Path(report['model']).name}`, {report['batch_size']} requests with one JSON schema, sampled; "
+        f"medians of {report['repeats']} alternating runs.", "",
+        "| constrained tok/s | unconstrained tok/s (same lengths) | constrained / unconstrained | valid JSON |",
+        "|---|---|---|---|",
+        f"| {report['constrained_tokens_per_s']} | {report['unconstrained_tokens_per_s']} | "
+        f"{report['constrained_vs_unconstrained']}x | {report['valid_json_of_stopped']} |", "",
+        "| jump-forward | decode steps | elapsed s | speed-up | texts identical to off |", "|---|---|---|---|---|",
+        f"| off | {report['jump_forward_off']['steps']} | {report['jump_forward_off']['elapsed_s']} | - | - |",
+        f"| on | {report['jump_forward_on']['steps']} | {report['jump_forward_on']['elapsed_s']} | "
+        f"{jump['speedup']}x | {jump['identical_texts']}/{jump['of']} |"])

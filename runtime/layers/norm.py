@@ -12,7 +12,6 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [..., dim]; normalise over the last dim in fp32, scale in the input dtype
-        dtype = x.dtype
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+        # (torch.rms_norm is one fused op for x * rsqrt(mean(x^2) + eps) on CPU, 4 fewer)
+        normed = torch.rms_norm(x.float(), (x.shape[-1],), None, self.eps)
+        return self.weight * normed.to(x.dtype)

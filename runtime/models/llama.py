@@ -16,7 +16,7 @@ from runtime.layers.activation import silu_and_mul
 from runtime.layers.attention import AttentionBackend
 from runtime.layers.linear import MergedLinear, OneDNNLinear, pack_linears_onednn
 from runtime.layers.norm import RMSNorm
-from runtime.layers.rotary import RotaryEmbedding
+from runtime.layers.rotary import RotaryEmbedding, apply_rotary
 
 
 class LlamaAttention(nn.Module):
@@ -31,14 +31,19 @@ class LlamaAttention(nn.Module):
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if qk_norm else None
         self.split = (q_size, kv_size, kv_size)
 
-    def forward(self, positions, hidden, fb, rotary: RotaryEmbedding, attn: AttentionBackend):
-        q, k, v = self.qkv_proj(hidden).split(self.split, dim=-1)
-        q = q.view(-1, self.num_heads, self.head_dim)  # [T, H, D]
-        k = k.view(-1, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
-        v = v.view(-1, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rotary(positions, q, k)
+    def forward(self, rope, hidden, fb, attn: AttentionBackend):
+        """rope: (cos, sin) of the step's positions (RotaryEmbedding.cos_sin); hidden: [T, hidden]."""
+        qkv = self.qkv_proj(hidden)  # [T, (H + 2 Hkv) D]
+        tokens, h, hkv, d = qkv.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
+        q_and_k, v = qkv.split((self.split[0] + self.split[1], self.split[2]), dim=-1)
+        v = v.view(tokens, hkv, d)  # [T, Hkv, D]
+        if self.q_norm is None:  # q and k rotate together: one set of element-wise ops
+            q_and_k = apply_rotary(q_and_k.view(tokens, h + hkv, d), *rope)
+        else:
+            q, k = q_and_k.split(self.split[:2], dim=-1)
+            q_and_k = torch.cat((self.q_norm(q.view(tokens, h, d)), self.k_norm(k.view(tokens, hkv, d))), dim=1)
+            q_and_k = apply_rotary(q_and_k, *rope)
+        q, k = q_and_k[:, :h], q_and_k[:, h:]  # [T, H, D], [T, Hkv, D] (views)
         return self.o_proj(attn.forward(q, k, v, self.layer_id, fb))
 
 
@@ -61,8 +66,8 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, positions, hidden, fb, rotary, attn):
-        hidden = hidden + self.self_attn(positions, self.input_layernorm(hidden), fb, rotary, attn)
+    def forward(self, rope, hidden, fb, attn):
+        hidden = hidden + self.self_attn(rope, self.input_layernorm(hidden), fb, attn)
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
 
@@ -97,8 +102,9 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, fb, attn: AttentionBackend):
         """input_ids, positions: [T] -> final hidden states [T, hidden] (before lm_head)."""
         hidden = self.model.embed_tokens(input_ids)
+        rope = self.rotary.cos_sin(positions)
         for layer in self.model.layers:
-            hidden = layer(positions, hidden, fb, self.rotary, attn)
+            hidden = layer(rope, hidden, fb, attn)
         return self.model.norm(hidden)
 
     def compute_logits(self, hidden: torch.Tensor, float32: bool = True) -> torch.Tensor:

@@ -36,15 +36,16 @@ def test_cascade_equals_plain_decode(heads, kv_heads):
     kv = torch.stack([torch.nn.functional.pad(r, (0, width - len(r))) for r in rows])
     lens = torch.tensor([len(r) for r in rows])
     md = attn._decode_metadata(kv, lens, "cpu")
-    assert md.shared_slots is not None and len(md.shared_slots) == shared and md.max_kv == max(tails)
+    assert md.shared_slots is not None and len(md.shared_slots) == kv_heads * shared and md.max_kv == max(tails)
     assert md.shared_range == (1, shared)  # consecutive slots: read in place
     scattered = kv.clone()
     scattered[:, [3, 4]] = scattered[:, [4, 3]]
     assert attn._decode_metadata(scattered, lens, "cpu").shared_range is None
     q = torch.randn(len(tails), heads, dim, dtype=torch.float64)
     buffers = (pool.k_buffers[0], pool.v_buffers[0])
-    gather = [b.index_select(1, md.kv_flat).view(kv_heads, len(tails), md.max_kv, dim) for b in buffers]
-    shared_kv = tuple(b.index_select(1, md.shared_slots) for b in buffers)
+    gather = [attn._gather(b, md.kv_flat).view(kv_heads, len(tails), md.max_kv, dim) for b in buffers]
+    shared_kv = tuple(attn._gather(b, md.shared_slots).view(kv_heads, shared, dim) for b in buffers)
+    assert torch.equal(shared_kv[0], buffers[0].narrow(1, *md.shared_range))  # the in-place view reads the same
     got = attn._decode_cascade(q, shared_kv, *gather, md.decode_bias)
     # the plain path over each request's whole KV
     full = [b.index_select(1, kv.reshape(-1)).view(kv_heads, len(tails), width, dim) for b in buffers]

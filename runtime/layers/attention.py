@@ -44,7 +44,9 @@ class PaddedMetadata:
     # extend only (None when every request has exactly one new token):
     q_index: torch.Tensor | None  # int64 [B * max_q]: row of q for each padded query (padding -> 0)
     out_index: torch.Tensor | None  # int64 [T]: flat position in [B * max_q] of each real query
-    mask: torch.Tensor | None  # bool [B, 1, max_q, max_kv]: True = may attend; None = no mask needed
+    # bool [B, 1, max_q, max_kv]: True = may attend; None: plain causal (one request, no
+    # cached prefix: SDPA's causal kernel, 1.4-2x faster than a mask at 512-2k tokens)
+    mask: torch.Tensor | None
     # decode only: float32 [B, 1, max_kv], 0 where a key is real and -inf on padding
     decode_bias: torch.Tensor | None
     # decode only: int64 [Hkv * S], buffer rows (as kv_flat) of a prefix every request in
@@ -62,7 +64,8 @@ class TorchNativeBackend(AttentionBackend):
     the index tensors and masks are built once per step, so there is no Python loop over
     requests inside the layers.
 
-    Extend: queries padded to [B, max_q], one SDPA call with a causal+padding mask.
+    Extend: queries padded to [B, max_q], one SDPA call with a causal+padding mask (none
+    for a lone request over an empty prefix: then SDPA's own causal kernel).
     Decode (one query per request): a grouped-query matmul-softmax-matmul. On CPU this
     is several times faster than SDPA, whose flash kernel pads one query up to a block.
     When every request of a decode batch starts with the same KV slots (a system prompt,
@@ -90,9 +93,11 @@ class TorchNativeBackend(AttentionBackend):
         # query i of request b sits at position prefix_b + i and sees keys j <= that position
         prefix = (kv_lens - q_lens)[:, None, None]  # [B, 1, 1]
         mask = (kj <= prefix + qi[:, :, None]) & (kj < kv_lens[:, None, None])  # [B, max_q, max_kv]
+        if len(q_lens) == 1 and int(kv_lens[0]) == max_q:
+            mask = None
         fb.attn_metadata = PaddedMetadata(
             kv_flat, max_kv, q_index.reshape(-1).to(device), out_index.to(device),
-            mask[:, None].to(device), None)
+            None if mask is None else mask[:, None].to(device), None)
 
     def _buffer_rows(self, slots: torch.Tensor) -> torch.Tensor:
         """int64 [N] slots -> int64 [Hkv * N] rows of a KV buffer viewed as [Hkv * slots, D]."""
@@ -139,7 +144,7 @@ class TorchNativeBackend(AttentionBackend):
         max_q = len(md.q_index) // b
         queries = q.index_select(0, md.q_index).view(b, max_q, self.num_heads, -1).transpose(1, 2)
         out = F.scaled_dot_product_attention(queries, keys.transpose(0, 1), values.transpose(0, 1),
-                                             attn_mask=md.mask, scale=self.scale,
+                                             attn_mask=md.mask, is_causal=md.mask is None, scale=self.scale,
                                              enable_gqa=self.num_heads != hkv)
         out = out.transpose(1, 2).reshape(b * max_q, -1)  # [B * max_q, H * D]
         return out.index_select(0, md.out_index)  # [T, H * D]

@@ -101,7 +101,7 @@ class TorchNativeBackend(AttentionBackend):
 
     def _buffer_rows(self, slots: torch.Tensor) -> torch.Tensor:
         """int64 [N] slots -> int64 [Hkv * N] rows of a KV buffer viewed as [Hkv * slots, D]."""
-        heads = torch.arange(self.num_kv_heads, dtype=torch.int64)[:, None] * self.pool.num_slots
+        heads = torch.arange(self.num_kv_heads, dtype=torch.int64, device=slots.device)[:, None] * self.pool.num_slots
         return (heads + slots[None, :]).reshape(-1)
 
     def _gather(self, buffer: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

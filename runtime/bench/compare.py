@@ -64,6 +64,11 @@ def resolve(model: str) -> Model:
     return Model(Path(model).name, model)
 
 
+def out_stem(model: str) -> str:
+    """The name a --model gives default results files: smollm2, demo-small or the directory's name."""
+    return model if model in ("smollm2", "demo-small") else Path(model).name
+
+
 class RadixflowServer:
     """Radixflow in the peer interface."""
 
@@ -145,8 +150,7 @@ def write_report(args: argparse.Namespace, model: Model, status: dict, rows: lis
     from runtime.bench import results
     from runtime.bench.serve.report import compare_markdown, write_compare_plot, write_plots
 
-    out = args.out or DEFAULT_OUT.format(model=args.model if args.model in ("smollm2", "demo-small")
-                                         else Path(args.model).name)
+    out = args.out or DEFAULT_OUT.format(model=out_stem(args.model))
     report = {**results.header("compare", args), "model": model.__dict__, "servers": status, "rows": rows,
               "medians": medians(rows)}
     plots = write_plots(out, [r for r in rows if r.get("repeat") == 0]) + write_compare_plot(out, report["medians"])

@@ -17,6 +17,7 @@ STAGES = (("sampler", "runtime/engine/sampler.py"), ("grammar masks", "runtime/c
           ("attention", "runtime/layers/attention.py"), ("model forward", "runtime/models/"),
           ("batch building", "runtime/engine/batch_builder.py"), ("model runner", "runtime/engine/model_runner.py"),
           ("scheduler", "runtime/engine/scheduler.py"), ("IPC / loop", "runtime/engine/engine_loop.py"))
+OUTSIDE_MODEL = ("batch building", "scheduler", "IPC / loop")  # the stages that are not the model's own work
 
 
 def engine_pid(server_pid: int) -> int | None:

@@ -25,6 +25,7 @@ import statistics
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+from functools import partial
 
 DEFAULT_OUT = "docs/bench/roofline-{model}.json"
 MODEL_PHASES = ("attention projections", "attention", "MLP", "lm_head", "sampling", "norms, rotary, residual")
@@ -69,6 +70,7 @@ def measure_machine(dtype) -> dict:
     one-row products with 1 GiB of weights through the engine's own linear layer (oneDNN's
     reads outrun the sum on this CPU)."""
     import torch
+    import torch.nn.functional as F
 
     from runtime.layers.linear import OneDNNLinear, onednn_packing_available
 
@@ -76,11 +78,11 @@ def measure_machine(dtype) -> dict:
     sum_read = buf.numel() * 4 / _median_time(buf.sum, 5)
     del buf
     rows, cols = 16384, 1024  # a wide, short weight like gate|up: 32 MiB in bf16, 32 of them
-    weights = [torch.randn(rows, cols, dtype=dtype) for _ in range((1 << 30) // (rows * cols * dtype.itemsize))]
+    count = (1 << 30) // (rows * cols * dtype.itemsize)
     if onednn_packing_available(dtype, "cpu"):
-        layers = [OneDNNLinear(w, None) for w in weights]
+        layers = [OneDNNLinear(torch.randn(rows, cols, dtype=dtype), None) for _ in range(count)]
     else:
-        layers = [torch.nn.Linear(cols, rows, bias=False, dtype=dtype) for _ in weights]
+        layers = [partial(F.linear, weight=torch.randn(rows, cols, dtype=dtype)) for _ in range(count)]
     x = torch.randn(1, cols, dtype=dtype)
 
     with torch.inference_mode():
@@ -303,7 +305,7 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     from runtime.bench import results
-    from runtime.bench.compare import resolve
+    from runtime.bench.compare import out_stem, resolve
 
     model = resolve(args.model)
     mut = ModelUnderTest(model.hf_dir, args.dtype)
@@ -324,13 +326,10 @@ def run(args: argparse.Namespace) -> None:
             if not args.no_server:
                 engine = measure_engine(model.hf_dir, args.dtype, threads, batch, args.context, args.steps)
                 served = measure_server(model.hf_dir, args.dtype, threads, batch, args.context, args.steps)
-                model_s = ours["total"]
-                rows += [{"phase": "scheduling", "bytes": 0, "flops": 0, "roofline_s": 0.0,
-                          "ours_s": max(0.0, engine["step_s"] - model_s)},
-                         {"phase": "engine loop and IPC", "bytes": 0, "flops": 0, "roofline_s": 0.0,
-                          "ours_s": engine["gap_s"]},
-                         {"phase": "API server and HTTP", "bytes": 0, "flops": 0, "roofline_s": 0.0,
-                          "ours_s": max(0.0, served - engine["step_s"] - engine["gap_s"])}]
+                outside = (engine["step_s"] - ours["total"], engine["gap_s"],
+                           served - engine["step_s"] - engine["gap_s"])
+                rows += [{"phase": phase, "bytes": 0, "flops": 0, "roofline_s": 0.0, "ours_s": max(0.0, seconds)}
+                         for phase, seconds in zip(ENGINE_PHASES, outside)]
                 run.update(engine_step_s=engine["step_s"], served_itl_s=served)
             _finish(run)
             report["runs"].append(run)
@@ -344,8 +343,7 @@ def run(args: argparse.Namespace) -> None:
         _finish(run)
         report["runs"].append(run)
         print(_line(run), flush=True)
-    out = args.out or DEFAULT_OUT.format(model=args.model if args.model in ("smollm2", "demo-small")
-                                         else model.name)
+    out = args.out or DEFAULT_OUT.format(model=out_stem(args.model))
     for path in results.write(out, report, markdown(report)):
         print(f"wrote {path}")
 

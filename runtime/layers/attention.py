@@ -90,14 +90,14 @@ class TorchNativeBackend(AttentionBackend):
         q_index = torch.where(valid, starts[:, None] + qi, torch.zeros_like(qi))
         b_index = torch.arange(len(q_lens))[:, None] * max_q + qi  # [B, max_q]
         out_index = b_index[valid]
-        # query i of request b sits at position prefix_b + i and sees keys j <= that position
-        prefix = (kv_lens - q_lens)[:, None, None]  # [B, 1, 1]
-        mask = (kj <= prefix + qi[:, :, None]) & (kj < kv_lens[:, None, None])  # [B, max_q, max_kv]
-        if len(q_lens) == 1 and int(kv_lens[0]) == max_q:
-            mask = None
+        mask = None  # a lone request over an empty prefix: plain causal
+        if len(q_lens) > 1 or int(kv_lens[0]) != max_q:
+            # query i of request b sits at position prefix_b + i and sees keys j <= that position
+            prefix = (kv_lens - q_lens)[:, None, None]  # [B, 1, 1]
+            mask = (kj <= prefix + qi[:, :, None]) & (kj < kv_lens[:, None, None])  # [B, max_q, max_kv]
+            mask = mask[:, None].to(device)
         fb.attn_metadata = PaddedMetadata(
-            kv_flat, max_kv, q_index.reshape(-1).to(device), out_index.to(device),
-            None if mask is None else mask[:, None].to(device), None)
+            kv_flat, max_kv, q_index.reshape(-1).to(device), out_index.to(device), mask, None)
 
     def _buffer_rows(self, slots: torch.Tensor) -> torch.Tensor:
         """int64 [N] slots -> int64 [Hkv * N] rows of a KV buffer viewed as [Hkv * slots, D]."""

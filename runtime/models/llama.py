@@ -116,9 +116,10 @@ class LlamaForCausalLM(nn.Module):
     def pack_for_onednn(self) -> int:
         """CPU bf16: every linear layer, and the output head (for tied embeddings a reordered
         copy of the embedding beside the table the lookup reads), in oneDNN's layout."""
-        if self.lm_head is None:
+        tied = self.lm_head is None
+        if tied:
             self.lm_head = OneDNNLinear(self.model.embed_tokens.weight, None)
-        return pack_linears_onednn(self)
+        return pack_linears_onednn(self) + tied  # layers reordered, the tied head included
 
 
 class MistralForCausalLM(LlamaForCausalLM):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from runtime.bench.profile import OUTSIDE_MODEL
+
 
 def _ms(x: float) -> str:
     return "-" if x is None or math.isnan(x) else f"{x * 1e3:.0f}"
@@ -112,22 +114,10 @@ def compare_markdown(report: dict, plots: list[Path] = ()) -> str:
         out.append(f"| {name} | {st.get('version') or '-'} | {_num(startup, '.0f')} | {_num(memory, '.0f')} "
                    f"| {notes} |")
     workloads = sorted({w for n in names for w in med[n]})
-    out += ["", "Output tokens/s (median over repeats; higher is better) and Radixflow's ratio to each peer:", "",
-            "| workload | " + " | ".join(names) + " | " + " | ".join(f"ours / {p}" for p in peers) + " |",
-            "|---|" + "---|" * (len(names) + len(peers))]
-    for w in workloads:
-        vals = {n: med[n].get(w, {}).get("output_token_throughput") for n in names}
-        ratios = [(vals["radixflow"] / vals[p]) if vals.get("radixflow") and vals.get(p) else None for p in peers]
-        out.append(f"| {w} | " + " | ".join(_num(vals[n], ".1f") for n in names) + " | "
-                   + " | ".join(_num(r, ".2f") + ("x" if r else "") for r in ratios) + " |")
-    out += ["", "Time to first token, median ms (lower is better), and each peer's TTFT over Radixflow's:", "",
-            "| workload | " + " | ".join(names) + " | " + " | ".join(f"{p} / ours" for p in peers) + " |",
-            "|---|" + "---|" * (len(names) + len(peers))]
-    for w in workloads:
-        vals = {n: med[n].get(w, {}).get("ttft_median_s") for n in names}
-        ratios = [(vals[p] / vals["radixflow"]) if vals.get("radixflow") and vals.get(p) else None for p in peers]
-        out.append(f"| {w} | " + " | ".join(_num(vals[n] * 1e3 if vals[n] else None, ".0f") for n in names)
-                   + " | " + " | ".join(_num(r, ".2f") + ("x" if r else "") for r in ratios) + " |")
+    out += ["", "Output tokens/s (median over repeats; higher is better) and Radixflow's ratio to each peer:", ""]
+    out += _ratio_table(med, names, peers, workloads, "output_token_throughput", 1.0, ".1f", ours_over_peer=True)
+    out += ["", "Time to first token, median ms (lower is better), and each peer's TTFT over Radixflow's:", ""]
+    out += _ratio_table(med, names, peers, workloads, "ttft_median_s", 1e3, ".0f", ours_over_peer=False)
     prof = servers.get("radixflow", {}).get("profile")
     out += _behind(med, servers, names, peers, workloads, prof)
     if prof:
@@ -140,6 +130,23 @@ def compare_markdown(report: dict, plots: list[Path] = ()) -> str:
     out += ["", "Every run (cache hits as the server reports them; valid = outputs that parse and match the schema):",
             "", serve_markdown(report["rows"], plots)]
     return "\n".join(out)
+
+
+def _ratio_table(med: dict, names: list[str], peers: list[str], workloads: list[str], key: str, scale: float,
+                 fmt: str, ours_over_peer: bool) -> list[str]:
+    """One row per workload: each server's median `key` (times `scale`), then the ratio of
+    Radixflow's to each peer's (ours_over_peer) or of each peer's to Radixflow's, so that
+    above 1x always means Radixflow is better."""
+    ratio_names = [f"ours / {p}" if ours_over_peer else f"{p} / ours" for p in peers]
+    lines = ["| workload | " + " | ".join(names + ratio_names) + " |", "|---|" + "---|" * (len(names) + len(peers))]
+    for w in workloads:
+        vals = {n: med[n].get(w, {}).get(key) for n in names}
+        ours = vals.get("radixflow")
+        ratios = [None if not (ours and vals[p]) else ours / vals[p] if ours_over_peer else vals[p] / ours
+                  for p in peers]
+        lines.append(f"| {w} | " + " | ".join(_num(None if vals[n] is None else vals[n] * scale, fmt) for n in names)
+                     + " | " + " | ".join(_num(r, ".2f") + ("x" if r else "") for r in ratios) + " |")
+    return lines
 
 
 def _behind(med: dict, servers: dict, names: list[str], peers: list[str], workloads: list[str],
@@ -165,7 +172,7 @@ def _behind(med: dict, servers: dict, names: list[str], peers: list[str], worklo
         stages = sorted(prof["stages"].items(), key=lambda kv: -kv[1])
         top = [f"{share:.0%} in {stage}" for stage, share in stages[:3]]
         text += f" Why, from the profile below: the engine spends {top[0]} of its busy time, " + ", ".join(top[1:])
-        outside = sum(share for stage, share in stages if stage in ("scheduler", "IPC / loop", "batch building"))
+        outside = sum(share for stage, share in stages if stage in OUTSIDE_MODEL)
         text += (f"; scheduling, batch building and IPC take {outside:.0%}, so the gap is the model's own ops "
                  "(see the roofline benchmark for how far each phase is from this machine's limit)."
                  if outside < 0.1 else f"; scheduling, batch building and IPC take {outside:.0%}.")

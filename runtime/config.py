@@ -90,6 +90,9 @@ def _eos_ids(path: Path, hf: dict) -> tuple[int, ...]:
     return tuple(ids) if isinstance(ids, list) else (int(ids),)
 
 
+SPECULATIVE_ALGORITHMS = ("none", "ngram", "suffix", "grammar", "auto")
+
+
 def _option(default: Any, help: str, choices: tuple | None = None) -> Any:
     """An EngineConfig field; its help text and choices become the CLI flag's (runtime/cli.py)."""
     return field(default=default, metadata={"help": help, "choices": choices})
@@ -123,8 +126,13 @@ class EngineConfig:
                                            "grammars/README.md)", ("auto", *GRAMMAR_BACKENDS))
     grammar_compile_timeout_s: float = _option(30.0, "seconds one grammar may compile, from the start of "
                                                      "its compile (queued time does not count)")
-    enable_jump_forward: bool = _option(False, "append text the grammar forces without decoding it (off: "
-                                               "outputs differ, see docs/benchmarks.md)")
+    speculative_algorithm: str = _option(
+        "none", "draft-free speculative decoding, outputs unchanged (runtime/engine/speculative.py): ngram "
+                "(prompt lookup), suffix (earlier outputs), grammar (forced text), auto (all three)",
+        SPECULATIVE_ALGORITHMS)
+    speculative_num_draft_tokens: int = _option(6, "longest draft per request and step")
+    disable_jump_forward: bool = _option(False, "do not draft the text a grammar forces (jump-forward: verified "
+                                                "like any draft, so outputs are unchanged)")
     num_threads: int | None = _option(None, "torch CPU threads in the engine process")
     cpu_linear: str = _option("auto", "CPU linear layers: onednn (weights reordered once at load; bf16 only) or "
                                       "torch (F.linear); auto: onednn where available", ("auto", "onednn", "torch"))
@@ -140,6 +148,7 @@ class EngineConfig:
         check(self.max_prefill_tokens >= 1, "max_prefill_tokens must be >= 1")
         check(self.max_running_requests >= 1, "max_running_requests must be >= 1")
         check(self.max_queued_requests >= 1, "max_queued_requests must be >= 1")
+        check(self.speculative_num_draft_tokens >= 0, "speculative_num_draft_tokens must be >= 0")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             check(choices is None or getattr(self, f.name) in choices,

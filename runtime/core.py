@@ -271,6 +271,7 @@ class Req:
     num_retractions: int = 0
     grammar: Any = None  # GrammarMatcher while the output is constrained
     grammar_submitted_at: float = 0.0
+    spec: Any = None  # SpecState while speculative decoding drafts for this request
     # output bookkeeping: how many output ids were already sent in a TokenOut
     num_sent: int = 0
     output_token_logprobs: list[tuple[float, int]] = field(default_factory=list)

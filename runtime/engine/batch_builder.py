@@ -23,6 +23,9 @@ class ScheduledBatch:
     num_logits_rows: list[int]  # logits rows per request (prompt logprob rows, then the sample row)
     samples: list[bool]  # whether a request gets a sampled token this step
     prompt_logprob_positions: list[list[int]]  # absolute positions p scoring prompt token p+1
+    # verify steps only: each request's draft; its extend is [last token] + draft, with
+    # logits for every one of those rows (runtime/engine/verify.py)
+    drafts: list[list[int]] | None = None
 
 
 def build_extend(pool: KVPool, table: ReqToTokenTable, reqs: list[Req], extend_lens: list[int]) -> ScheduledBatch:
@@ -111,6 +114,37 @@ def build_decode(pool: KVPool, table: ReqToTokenTable, reqs: list[Req],
     batch = ScheduledBatch(ForwardMode.DECODE, reqs, [1] * num, inputs.kv_lens, fb, [1] * num, [True] * num,
                            [[] for _ in reqs])
     return batch, inputs
+
+
+def build_verify(pool: KVPool, table: ReqToTokenTable, reqs: list[Req],
+                 drafts: list[list[int]]) -> ScheduledBatch:
+    """A decode step that also scores drafts: request i feeds its last token plus
+    drafts[i] (maybe empty) at positions kv_len .. kv_len + len(drafts[i]), and every one
+    of those rows gets logits. The scheduler frees the slots of rejected draft tokens."""
+    prefix_lens = [r.kv_len for r in reqs]
+    extend_lens = [1 + len(d) for d in drafts]
+    input_ids, positions, out_locs = [], [], []
+    for req, prefix_len, extend_len, draft in zip(reqs, prefix_lens, extend_lens, drafts):
+        last_slot = int(table.table[req.table_row, prefix_len - 1]) if prefix_len else None
+        slots = pool.allocate(prefix_len, extend_len, last_slot)
+        table.table[req.table_row, prefix_len:prefix_len + extend_len] = slots
+        out_locs.append(slots)
+        input_ids += [req.output_ids[-1], *draft]
+        positions.extend(range(prefix_len, prefix_len + extend_len))
+    seq_lens = [p + e for p, e in zip(prefix_lens, extend_lens)]
+    rows = torch.tensor([r.table_row for r in reqs], dtype=torch.int64)
+    fb = ForwardBatch(
+        mode=ForwardMode.EXTEND,
+        input_ids=torch.tensor(input_ids, dtype=torch.int64),
+        positions=torch.tensor(positions, dtype=torch.int64),
+        out_cache_loc=torch.cat(out_locs),
+        extend_lens=extend_lens,
+        seq_lens=seq_lens,
+        kv_indices=table.table[rows, :max(seq_lens)],
+        logits_indices=cached_arange(len(input_ids)),
+    )
+    return ScheduledBatch(ForwardMode.EXTEND, reqs, extend_lens, prefix_lens, fb, extend_lens,
+                          [True] * len(reqs), [[] for _ in reqs], drafts=drafts)
 
 
 def _prompt_logprob_positions(req: Req, prefix_len: int, extend_len: int) -> list[int]:

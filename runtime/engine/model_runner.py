@@ -16,6 +16,7 @@ from runtime.components import ATTENTION_BACKENDS, load
 from runtime.config import EngineConfig, ModelConfig
 from runtime.engine.forward_batch import ForwardMode
 from runtime.engine.sampler import SamplingBatch, compute_logprobs, greedy_tokens, is_plain_greedy, sample
+from runtime.engine.verify import verify_drafts
 from runtime.layers.linear import onednn_packing_available
 from runtime.models.loader import load_model
 
@@ -27,8 +28,11 @@ CPU_DEFAULT_MAX_TOTAL_TOKENS = 262_144
 @dataclass
 class StepResult:
     next_token_ids: list[int]  # per request in the batch (-1 where nothing was sampled)
-    # per request index: (logprob of the sampled token, top alternatives [(logprob, id)])
-    output_logprobs: dict[int, tuple[float, list[tuple[float, int]]]] = field(default_factory=dict)
+    # per request index: [(logprob of the emitted token, top alternatives [(logprob, id)])],
+    # one per emitted token
+    output_logprobs: dict[int, list[tuple[float, list[tuple[float, int]]]]] = field(default_factory=dict)
+    # verify steps: the tokens each request emits (accepted draft tokens + one more)
+    emitted: list[list[int]] | None = None
     # per request index: [(logprob, prompt token id, top alternatives)] in position order
     prompt_logprobs: dict[int, list[tuple[float, int, list]]] = field(default_factory=dict)
 
@@ -102,6 +106,11 @@ class ModelRunner:
         start = time.perf_counter()
         self.attn.init_forward_metadata(fb)
         hidden = self.model(fb.input_ids, fb.positions, fb, self.attn)
+        if batch.drafts is not None:  # every row scores a draft position
+            logits = self.model.compute_logits(hidden, float32=False)  # [T, V] model dtype
+            self.forward_time += time.perf_counter() - start
+            emitted, logprobs = verify_drafts(batch, logits, self._banned)
+            return StepResult(next_token_ids=[t[-1] for t in emitted], output_logprobs=logprobs, emitted=emitted)
         if greedy_only:  # one row per request, in order: no gather, no fp32 copy
             logits = self.model.compute_logits(hidden, float32=False)  # [B, V] model dtype
         else:
@@ -116,7 +125,7 @@ class ModelRunner:
         logprobs, no penalties, no banned tokens (the common case, kept cheap)."""
         return batch.mode == ForwardMode.DECODE and all(
             req.grammar is None and not req.options.return_logprob and is_plain_greedy(req.sampling_params)
-            and not self._banned(req) for req in batch.reqs)
+            and not self._banned(req, len(req.output_ids)) for req in batch.reqs)
 
     def _sample(self, batch, logits: torch.Tensor) -> StepResult:
         result = StepResult(next_token_ids=[-1] * len(batch.reqs))
@@ -143,7 +152,7 @@ class ModelRunner:
         raw = rows.index_select(0, torch.tensor(want_lp, device=rows.device)) if want_lp else None
         if any(r.grammar is not None for r in reqs):
             self._apply_grammars(rows, reqs)
-        params, banned = [r.sampling_params for r in reqs], [self._banned(r) for r in reqs]
+        params, banned = [r.sampling_params for r in reqs], [self._banned(r, len(r.output_ids)) for r in reqs]
         if all(map(is_plain_greedy, params)) and not any(banned):
             tokens = greedy_tokens(rows)  # the common case, without per-step parameter tensors
         else:
@@ -159,7 +168,7 @@ class ModelRunner:
             for k, j in enumerate(want_lp):
                 n = reqs[j].options.top_logprobs_num
                 top = list(zip(top_vals[k, :n].tolist(), top_ids[k, :n].tolist())) if n else []
-                result.output_logprobs[sample_reqs[j]] = (float(lps[k]), top)
+                result.output_logprobs[sample_reqs[j]] = [(float(lps[k]), top)]
         return result
 
     def _apply_grammars(self, rows: torch.Tensor, reqs) -> None:
@@ -172,10 +181,10 @@ class ModelRunner:
                 req.grammar.fill_bitmask(bitmask, j)
         apply_bitmask_(rows, bitmask.to(rows.device))
 
-    def _banned(self, req) -> list[int]:
-        """Tokens that would end the request before min_new_tokens."""
+    def _banned(self, req, num_output: int) -> list[int]:
+        """Tokens that would end the request before min_new_tokens, when it has num_output."""
         sp = req.sampling_params
-        if len(req.output_ids) >= sp.min_new_tokens or req.grammar is not None:
+        if num_output >= sp.min_new_tokens or req.grammar is not None:
             return []  # a grammar decides where the output may end
         ids = list(sp.stop_token_ids or [])
         if not sp.ignore_eos:

@@ -420,13 +420,49 @@ def sample(
         parts.append(_sample_rows(rows, [top_ks[i] for i in unseeded],
                                   [top_ps[i] for i in unseeded], [min_ps[i] for i in unseeded], u))
     for j, i in enumerate(seeded):  # each alone: its token must not depend on the batch
-        g = torch.Generator().manual_seed(_seed_hash(batch.seeds[i], batch.seed_steps[i]))
+        g = seeded_generator(batch.seeds[i], batch.seed_steps[i])
         u = torch.rand(1, 2, dtype=torch.float64, generator=g).to(x.device)
         row = x[G + U + j: G + U + j + 1] / temps[i]  # [1, V]
         parts.append(_sample_rows(row, [top_ks[i]], [top_ps[i]], [min_ps[i]], u))
     out = torch.empty(B, dtype=torch.int64, device=x.device)
     out[order] = torch.cat(parts)
     return out
+
+
+def processed_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """A float32 copy of logits [B, V] with the batch's penalties and banned tokens
+    applied: what `sample` works on before the grammar mask and temperature."""
+    x = logits.float().clone()
+    if batch.needs_penalties:
+        _penalize(x, batch, list(range(x.shape[0])))
+    if any(batch.banned_token_ids):
+        _fill_tokens(x, batch.banned_token_ids, _NEG_INF)
+    return x
+
+
+def sampling_probs(x: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """The distribution `sample` draws each row of x [B, V] (processed logits, masked)
+    from, as float32 [B, V] probabilities: one-hot at the argmax for greedy rows, else
+    softmax(x / T) cut by top-k, top-p and min-p exactly as `_sample_rows` cuts it."""
+    B, V = x.shape
+    temps = batch.temperatures.to(x.device)
+    probs = torch.softmax(x / temps.clamp(min=_GREEDY_TEMPERATURE)[:, None], dim=-1)  # [B, V]
+    vals, cols = probs.sort(dim=-1, descending=True)  # [B, V] each
+    top_ks = torch.where((batch.top_ks > 0) & (batch.top_ks < V), batch.top_ks, V).to(x.device)
+    keep, _ = _truncate_sorted(vals, probs.sum(-1), top_ks, batch.top_ps.to(x.device),
+                               batch.min_ps.to(x.device), V)
+    out = torch.zeros_like(probs).scatter_(1, cols, vals * keep)
+    out /= out.sum(-1, keepdim=True)
+    greedy = (batch.temperatures == 0).nonzero().squeeze(1).tolist()
+    if greedy:
+        out[greedy] = 0.0
+        out[greedy, _argmax(x[greedy])] = 1.0
+    return out
+
+
+def seeded_generator(seed: int, step: int) -> torch.Generator:
+    """The generator a row with sampling_seed `seed` draws from at output step `step`."""
+    return torch.Generator().manual_seed(_seed_hash(seed, step))
 
 
 def compute_logprobs(

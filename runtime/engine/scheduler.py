@@ -12,9 +12,10 @@ from runtime.cache.prefix_cache import PrefixCache
 from runtime.components import SCHEDULE_POLICIES, load
 from runtime.config import EngineConfig
 from runtime.core import AbortCause, FinishKind, FinishReason, GenerateRequest, Req, TokenOut
-from runtime.engine.batch_builder import DecodeInputs, ScheduledBatch, build_decode, build_extend
+from runtime.engine.batch_builder import DecodeInputs, ScheduledBatch, build_decode, build_extend, build_verify
 from runtime.engine.forward_batch import ForwardMode
 from runtime.engine.schedule_policy import prefix_key
+from runtime.engine.speculative import Drafter
 from runtime.prompt_check import check_fits
 
 DECODE_RESERVE_PER_REQ = 16  # slots kept free per running request when admitting prefills
@@ -31,14 +32,17 @@ class Scheduler:
         self.waiting: list[Req] = []
         self.grammars = grammars  # GrammarManager: requests wait there while their grammar compiles
         self.running: list[Req] = []
-        # requests holding KV that need another extend before they can decode: the rest of
-        # a chunked prefill, or tokens appended by jump-forward. They go first.
+        # requests holding KV that need another extend before they can decode (the rest of
+        # a chunked prefill). They go first.
         self.partial: list[Req] = []
         self._pending_outputs: list[TokenOut] = []  # finishes decided outside a step
         self.last_batch: ScheduledBatch | None = None
         self._decode_inputs: DecodeInputs | None = None  # the last decode step's, reused while unchanged
+        self.drafter = Drafter(cfg.speculative_algorithm, cfg.speculative_num_draft_tokens,
+                               not cfg.disable_jump_forward, lambda: self.grammars.tokenizer)
         self.stats = {"num_retractions": 0, "prompt_tokens": 0, "generation_tokens": 0,
-                      "cached_tokens": 0, "decode_steps": 0, "extend_steps": 0, "jump_forward_tokens": 0}
+                      "cached_tokens": 0, "decode_steps": 0, "extend_steps": 0, "verify_steps": 0,
+                      "draft_tokens": 0, "accepted_draft_tokens": 0}
 
     # ---- messages ------------------------------------------------------------
     def add_request(self, msg: GenerateRequest) -> list[TokenOut]:
@@ -214,6 +218,12 @@ class Scheduler:
                 self._pending_outputs.append(self._token_out(req))
                 return None
             self._retract(max(self.running, key=lambda r: (r.arrival_time, r.rid)))
+        if self.drafter.enabled:
+            drafts = self.drafter.propose(self.running, self.context_len)
+            if any(drafts) and self._ensure_free(sum(
+                    self.pool.pages_needed(r.kv_len, 1 + len(d)) for r, d in zip(self.running, drafts))
+                    * self.pool.page_size):
+                return build_verify(self.pool, self.table, list(self.running), drafts)
         batch, self._decode_inputs = build_decode(self.pool, self.table, list(self.running), self._decode_inputs)
         return batch
 
@@ -238,8 +248,9 @@ class Scheduler:
     # ---- results ------------------------------------------------------------
     def _process_result(self, batch: ScheduledBatch, result) -> list[TokenOut]:
         outputs = []
-        extend = batch.mode == ForwardMode.EXTEND
-        self.stats["extend_steps" if extend else "decode_steps"] += 1
+        verify = batch.drafts is not None  # a decode step with drafts (runs as an extend)
+        extend = batch.mode == ForwardMode.EXTEND and not verify
+        self.stats["verify_steps" if verify else "extend_steps" if extend else "decode_steps"] += 1
         for i, req in enumerate(batch.reqs):
             req.kv_len = batch.prefix_lens[i] + batch.extend_lens[i]
             if req.finish_reason is not None:  # aborted while the step ran (not possible today, kept safe)
@@ -257,22 +268,27 @@ class Scheduler:
             if req.sampling_params.max_new_tokens == 0:
                 req.finish_reason = FinishReason(FinishKind.LENGTH)
             else:
-                token = result.next_token_ids[i]
-                req.output_ids.append(token)
-                self.stats["generation_tokens"] += 1
-                if req.options.return_logprob:
-                    lp, top = result.output_logprobs[i]
-                    req.output_token_logprobs.append((lp, token))
-                    req.output_top_logprobs.append(top)
-                self._check_finished(req, token)
+                tokens = result.emitted[i] if verify else [result.next_token_ids[i]]
+                num_before = len(req.output_ids)
+                for k, token in enumerate(tokens):
+                    req.output_ids.append(token)
+                    self.stats["generation_tokens"] += 1
+                    if req.options.return_logprob:
+                        lp, top = result.output_logprobs[i][k]
+                        req.output_token_logprobs.append((lp, token))
+                        req.output_top_logprobs.append(top)
+                    self._check_finished(req, token)
+                    if req.finish_reason is not None:
+                        break
+                if verify:
+                    self._settle_draft(req, batch.prefix_lens[i], batch.drafts[i], len(tokens) - 1,
+                                       len(req.output_ids) - num_before)
             finished = req.finish_reason is not None
-            jumped = not finished and req.grammar is not None and self._jump_forward(req)
-            if (finished or jumped) and not extend:
+            if finished and not extend:
                 self.running.remove(req)
             if finished:
+                self.drafter.finished(req)
                 self._free_kv(req)
-            elif jumped:
-                self.partial.append(req)  # its forced tokens need an extend before decoding
             elif extend:
                 self.running.append(req)
             if finished or req.options.stream or req.sampling_params.stop or req.sampling_params.stop_regex:
@@ -317,34 +333,17 @@ class Scheduler:
         elif num_out >= sp.max_new_tokens or req.seq_len >= self.context_len:
             req.finish_reason = FinishReason(FinishKind.LENGTH)
 
-    def _jump_forward(self, req: Req) -> bool:
-        """Append the text the grammar forces next (e.g. `", "age": ` after a string) in
-        one go. The last sampled token is re-tokenized together with it, so the token
-        sequence stays what the tokenizer would produce for that text; that token's KV
-        is not computed yet, so replacing it costs nothing. True if tokens were added."""
-        if not (self.cfg.enable_jump_forward and req.grammar is not None) or req.options.return_logprob:
-            return False
-        forced = req.grammar.jump_forward_string()
-        if not forced:
-            return False
-        tokenizer = self.grammars.tokenizer
-        last = req.output_ids[-1]
-        last_text = tokenizer.decode([last])
-        if "\ufffd" in last_text:  # a partial UTF-8 character: not safe to re-tokenize
-            return False
-        new_ids = tokenizer.encode(last_text + forced, add_special_tokens=False)
-        room = req.sampling_params.max_new_tokens - len(req.output_ids) + 1
-        if len(new_ids) < 2 or len(new_ids) > room or req.seq_len + len(new_ids) > self.context_len:
-            return False
-        req.grammar.rollback(1)
-        for k, token in enumerate(new_ids):
-            if not req.grammar.accept_token(token):  # tokenizer and grammar disagree: undo
-                req.grammar.rollback(k)
-                req.grammar.accept_token(last)
-                return False
-        req.output_ids[-1:] = new_ids
-        self.stats["jump_forward_tokens"] += len(new_ids) - 1
-        return True
+    def _settle_draft(self, req: Req, prefix_len: int, draft: list[int], num_accepted: int,
+                      num_emitted: int) -> None:
+        """After a verify step: the KV of the last token and the accepted draft tokens stays
+        (of those emitted, if the request finished early), the rejected ones' slots go back."""
+        req.kv_len = prefix_len + 1 + min(num_accepted, num_emitted)
+        rejected = self.table.table[req.table_row, req.kv_len:prefix_len + 1 + len(draft)]
+        self.pool.free(rejected.clone())
+        self.stats["draft_tokens"] += len(draft)
+        self.stats["accepted_draft_tokens"] += num_accepted
+        if draft:
+            req.spec.update(len(draft), num_accepted, self.drafter.max_len)
 
     def _token_out(self, req: Req) -> TokenOut:
         new = req.output_ids[req.num_sent:]

@@ -1,0 +1,201 @@
+"""Draft-free speculative decoding: where the drafts come from and how long they are.
+
+A draft is a guess of a request's next few tokens. The engine feeds the last sampled
+token plus the draft through the model in one extend step and keeps the longest prefix
+the model itself would have produced (runtime/engine/verify.py), so outputs do not
+change; only the number of model steps does. Drafts cost no model here, they come from:
+
+  ngram    prompt lookup: the tokens that followed the latest earlier occurrence of the
+           request's last n tokens (n = 5 down to 2) in its own prompt + output. Tool
+           arguments, quotes, fields and code copied from the input are found this way.
+  suffix   the same match against the outputs of earlier requests (what the radix cache
+           holds for other turns, branches and agent steps): a repeated tool call, the
+           keys of a JSON answer a loop keeps producing.
+  grammar  the canonical tokenization of the text the request's grammar forces next
+           (JSON keys, punctuation, the tail of an enum value): jump-forward, but checked.
+  auto     grammar text when the grammar forces some, else the longer of the ngram and
+           suffix matches.
+
+Adaptivity: each request's draft length follows its acceptance (a full accept grows it
+by 2 up to --speculative-num-draft-tokens, a partial one sets it to accepted + 1), after
+misses (nothing accepted) a request skips 1, 3, 7, 15 steps before drafting again, and a
+step verifies at most max(batch size, STEP_TOKEN_BUDGET) tokens: at a large batch the
+step is compute-bound and drafts would cost what they save.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from runtime.core import Req
+
+NGRAM_SIZES = range(5, 1, -1)  # longest match first
+SUFFIX_SIZES = range(8, 2, -1)  # across requests a match must be longer to be trusted
+STEP_TOKEN_BUDGET = 48  # tokens one verify step may carry, drafts and last tokens together
+MAX_SKIP = 15  # steps a request waits after repeated misses before drafting again
+SUFFIX_INDEX_TOKENS = 1 << 18  # output tokens the suffix index keeps (oldest dropped first)
+
+
+class NgramIndex:
+    """Where each n-gram of a growing token sequence last occurred.
+
+    `last[g]` = the position right after the latest occurrence of n-gram g that has a
+    token after it; the sequence's own final n-grams are only entered once the next token
+    arrives, so a lookup of them finds an earlier occurrence."""
+
+    def __init__(self, sizes: range = NGRAM_SIZES) -> None:
+        self.sizes = sizes
+        self.tokens: list[int] = []
+        self.last: dict[tuple[int, ...], int] = {}
+
+    def extend(self, tokens: list[int]) -> None:
+        seq, start = self.tokens, len(self.tokens)
+        seq.extend(tokens)
+        for i in range(max(start, 1), len(seq)):  # seq[i] is the continuation of the grams ending at i
+            for n in self.sizes:
+                if i >= n:
+                    self.last[tuple(seq[i - n:i])] = i
+
+    def lookup(self, context: list[int], k: int) -> tuple[list[int], int]:
+        """Up to k tokens that followed the longest n-gram ending `context`, and n (0: none)."""
+        for n in self.sizes:
+            if len(context) >= n:
+                at = self.last.get(tuple(context[-n:]))
+                if at is not None:
+                    return self.tokens[at:at + k], n
+        return [], 0
+
+
+class SuffixIndex:
+    """n-gram lookup over the outputs of finished requests, kept to a token budget."""
+
+    def __init__(self, max_tokens: int = SUFFIX_INDEX_TOKENS) -> None:
+        self.max_tokens = max_tokens
+        self.seqs: OrderedDict[int, list[int]] = OrderedDict()  # serial -> context tail + output
+        self.num_tokens = 0
+        self.last: dict[tuple[int, ...], tuple[int, int]] = {}  # n-gram -> (serial, continuation pos)
+        self._serial = 0
+
+    def add(self, context: list[int], output: list[int]) -> None:
+        """Index `output` as the continuation of `context` (only its last tokens matter)."""
+        if not output:
+            return
+        head = context[-SUFFIX_SIZES[0]:]
+        seq = head + output
+        self._serial += 1
+        self.seqs[self._serial] = seq
+        self.num_tokens += len(seq)
+        for i in range(len(head), len(seq)):
+            for n in SUFFIX_SIZES:
+                if i >= n:
+                    self.last[tuple(seq[i - n:i])] = (self._serial, i)
+        while self.num_tokens > self.max_tokens and len(self.seqs) > 1:
+            _, old = self.seqs.popitem(last=False)
+            self.num_tokens -= len(old)
+        if len(self.last) > 2 * len(SUFFIX_SIZES) * self.max_tokens:  # drop entries of dropped sequences
+            self.last = {g: hit for g, hit in self.last.items() if hit[0] in self.seqs}
+
+    def lookup(self, context: list[int], k: int) -> tuple[list[int], int]:
+        for n in SUFFIX_SIZES:
+            if len(context) >= n:
+                hit = self.last.get(tuple(context[-n:]))
+                if hit is not None and hit[0] in self.seqs:
+                    return self.seqs[hit[0]][hit[1]:hit[1] + k], n
+        return [], 0
+
+
+@dataclass
+class SpecState:
+    """One request's speculation state (Req.spec)."""
+
+    draft_len: int
+    index: NgramIndex = field(default_factory=NgramIndex)
+    misses: int = 0  # consecutive verify steps that accepted nothing
+    skip: int = 0  # steps left before drafting again
+    num_drafted: int = 0
+    num_accepted: int = 0
+
+    def update(self, drafted: int, accepted: int, max_len: int) -> None:
+        self.num_drafted += drafted
+        self.num_accepted += accepted
+        if accepted == drafted:
+            self.draft_len = min(max_len, self.draft_len + 2)
+        else:
+            self.draft_len = max(1, accepted + 1)
+        self.misses = self.misses + 1 if accepted == 0 else 0
+        self.skip = min(2 ** self.misses - 1, MAX_SKIP)
+
+
+class Drafter:
+    """Proposes each running request's draft for the next step (the scheduler asks it)."""
+
+    def __init__(self, algorithm: str, num_draft_tokens: int, jump_forward: bool, tokenizer_of) -> None:
+        self.algorithm, self.max_len = algorithm, num_draft_tokens
+        self.sources = {"auto": {"ngram", "suffix", "grammar"}, "none": set()}.get(algorithm, {algorithm})
+        if jump_forward:
+            self.sources = self.sources | {"grammar"}
+        self.tokenizer_of = tokenizer_of  # () -> the grammar tokenizer (loaded with the first grammar)
+        self.suffix = SuffixIndex() if "suffix" in self.sources else None
+        self._forced: dict[str, list[int]] = {}  # forced text -> its tokens (small LRU)
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_len > 0 and bool(self.sources)
+
+    def propose(self, reqs: list[Req], context_len: int) -> list[list[int]]:
+        """A draft (maybe empty) per request, within the step's token budget."""
+        budget = max(len(reqs), STEP_TOKEN_BUDGET) - len(reqs)
+        drafts = []
+        for req in reqs:
+            draft = self._draft(req, context_len) if budget > 0 else []
+            draft = draft[:budget]
+            budget -= len(draft)
+            drafts.append(draft)
+        return drafts
+
+    def _draft(self, req: Req, context_len: int) -> list[int]:
+        state = req.spec
+        if state is None:
+            state = req.spec = SpecState(draft_len=self.max_len)
+        if state.skip:
+            state.skip -= 1
+            return []
+        sp = req.sampling_params
+        room = min(sp.max_new_tokens - len(req.output_ids), context_len - req.seq_len) - 1
+        k = min(state.draft_len, room)
+        if k <= 0:
+            return []
+        if req.grammar is not None and "grammar" in self.sources:
+            forced = self._grammar_draft(req, k)
+            if forced or self.sources == {"grammar"}:
+                return forced
+        if req.grammar is not None and self.sources == {"grammar"}:
+            return []
+        context = req.fill_ids
+        best, best_n = [], 0
+        if "ngram" in self.sources:
+            state.index.extend(context[len(state.index.tokens):])
+            best, best_n = state.index.lookup(context, k)
+        if self.suffix is not None:
+            other, n = self.suffix.lookup(context, k)
+            if n > best_n:
+                best = other
+        return best
+
+    def _grammar_draft(self, req: Req, k: int) -> list[int]:
+        text = req.grammar.jump_forward_string()
+        if not text:
+            return []
+        ids = self._forced.get(text)
+        if ids is None:
+            ids = self.tokenizer_of().encode(text, add_special_tokens=False)
+            if len(self._forced) > 4096:
+                self._forced.clear()
+            self._forced[text] = ids
+        return ids[:k]
+
+    def finished(self, req: Req) -> None:
+        """Learn a finished request's output for the suffix source."""
+        if self.suffix is not None and req.output_ids:
+            self.suffix.add(req.origin_input_ids, req.output_ids)

@@ -31,7 +31,7 @@ def _timed(engine, prompts, params) -> tuple[float, list[dict]]:
 
 def _steps(engine) -> int:
     info = engine.get_server_info()
-    return info["decode_steps"] + info["extend_steps"]
+    return info["decode_steps"] + info["extend_steps"] + info["verify_steps"]
 
 
 def run_decode_comparison(model_path: str, dtype: str, batch_size: int = 16, max_new_tokens: int = 96,
@@ -49,7 +49,7 @@ def run_decode_comparison(model_path: str, dtype: str, batch_size: int = 16, max
     jump_runs = {}
     for jump in (False, True):
         with Engine(model_path, dtype=dtype, max_running_requests=batch_size, max_total_tokens=16384,
-                    enable_jump_forward=jump) as engine:
+                    disable_jump_forward=not jump) as engine:
             if not jump:  # unconstrained baseline: the same number of tokens per request as constrained
                 sampled = [{"max_new_tokens": max_new_tokens, "temperature": 1.0, "sampling_seed": i,
                             "json_schema": schema} for i in range(batch_size)]

@@ -19,11 +19,14 @@ def test_grammar_flags_reach_the_engine_config():
     parser = argparse.ArgumentParser()
     add_engine_args(parser)
     args = parser.parse_args(["--grammar-backend", "outlines", "--grammar-compile-timeout-s", "5",
-                              "--enable-jump-forward"])
+                              "--disable-jump-forward", "--speculative-algorithm", "suffix",
+                              "--speculative-num-draft-tokens", "3"])
     cfg = EngineConfig(**engine_options(args))
-    assert (cfg.grammar_backend, cfg.grammar_compile_timeout_s, cfg.enable_jump_forward) == ("outlines", 5.0, True)
+    assert (cfg.grammar_backend, cfg.grammar_compile_timeout_s, cfg.disable_jump_forward) == ("outlines", 5.0, True)
+    assert (cfg.speculative_algorithm, cfg.speculative_num_draft_tokens) == ("suffix", 3)
     defaults = EngineConfig(**engine_options(parser.parse_args([])))
-    assert (defaults.grammar_backend, defaults.enable_jump_forward) == ("auto", False)
+    assert (defaults.grammar_backend, defaults.disable_jump_forward, defaults.speculative_algorithm) == (
+        "auto", False, "none")
 
 
 def test_serve_refuses_unloadable_models_with_one_line(tmp_path):

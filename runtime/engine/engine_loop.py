@@ -105,6 +105,7 @@ class EngineCore:
             raise ControlRefused(f"cannot flush the cache while requests run ({n['running']} running, "
                                  f"{n['waiting']} waiting)")
         self.cache.reset()
+        self.scheduler.drafter.forget()  # what the suffix source learnt goes with the cache
         return {"flushed": True}
 
     def _lookup_page_hashes(self, msg: LookupPageHashes) -> dict:

@@ -42,7 +42,7 @@ class Scheduler:
                                not cfg.disable_jump_forward, lambda: self.grammars.tokenizer)
         self.stats = {"num_retractions": 0, "prompt_tokens": 0, "generation_tokens": 0,
                       "cached_tokens": 0, "decode_steps": 0, "extend_steps": 0, "verify_steps": 0,
-                      "draft_tokens": 0, "accepted_draft_tokens": 0}
+                      "drafted_requests": 0, "draft_tokens": 0, "accepted_draft_tokens": 0}
 
     # ---- messages ------------------------------------------------------------
     def add_request(self, msg: GenerateRequest) -> list[TokenOut]:
@@ -340,9 +340,10 @@ class Scheduler:
         req.kv_len = prefix_len + 1 + min(num_accepted, num_emitted)
         rejected = self.table.table[req.table_row, req.kv_len:prefix_len + 1 + len(draft)]
         self.pool.free(rejected.clone())
-        self.stats["draft_tokens"] += len(draft)
-        self.stats["accepted_draft_tokens"] += num_accepted
         if draft:
+            self.stats["drafted_requests"] += 1
+            self.stats["draft_tokens"] += len(draft)
+            self.stats["accepted_draft_tokens"] += num_accepted
             req.spec.update(len(draft), num_accepted, self.drafter.max_len)
 
     def _token_out(self, req: Req) -> TokenOut:

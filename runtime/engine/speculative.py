@@ -195,6 +195,10 @@ class Drafter:
             self._forced[text] = ids
         return ids[:k]
 
+    def forget(self) -> None:
+        if self.suffix is not None:
+            self.suffix = SuffixIndex(self.suffix.max_tokens)
+
     def finished(self, req: Req) -> None:
         """Learn a finished request's output for the suffix source."""
         if self.suffix is not None and req.output_ids:

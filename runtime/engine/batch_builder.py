@@ -23,8 +23,8 @@ class ScheduledBatch:
     num_logits_rows: list[int]  # logits rows per request (prompt logprob rows, then the sample row)
     samples: list[bool]  # whether a request gets a sampled token this step
     prompt_logprob_positions: list[list[int]]  # absolute positions p scoring prompt token p+1
-    # verify steps only: each request's draft; its extend is [last token] + draft, with
-    # logits for every one of those rows (runtime/engine/verify.py)
+    # VERIFY steps only: each request's draft; it feeds [last token] + draft, with logits
+    # for every one of those rows (runtime/engine/verify.py)
     drafts: list[list[int]] | None = None
 
 
@@ -134,7 +134,7 @@ def build_verify(pool: KVPool, table: ReqToTokenTable, reqs: list[Req],
     seq_lens = [p + e for p, e in zip(prefix_lens, extend_lens)]
     rows = torch.tensor([r.table_row for r in reqs], dtype=torch.int64)
     fb = ForwardBatch(
-        mode=ForwardMode.EXTEND,
+        mode=ForwardMode.VERIFY,
         input_ids=torch.tensor(input_ids, dtype=torch.int64),
         positions=torch.tensor(positions, dtype=torch.int64),
         out_cache_loc=torch.cat(out_locs),
@@ -143,7 +143,7 @@ def build_verify(pool: KVPool, table: ReqToTokenTable, reqs: list[Req],
         kv_indices=table.table[rows, :max(seq_lens)],
         logits_indices=cached_arange(len(input_ids)),
     )
-    return ScheduledBatch(ForwardMode.EXTEND, reqs, extend_lens, prefix_lens, fb, extend_lens,
+    return ScheduledBatch(ForwardMode.VERIFY, reqs, extend_lens, prefix_lens, fb, extend_lens,
                           [True] * len(reqs), [[] for _ in reqs], drafts=drafts)
 
 

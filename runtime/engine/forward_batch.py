@@ -12,6 +12,9 @@ import torch
 class ForwardMode(enum.Enum):
     EXTEND = "extend"  # prefill of new tokens on top of a (possibly empty) cached prefix
     DECODE = "decode"  # exactly one new token per request
+    # a decode step with drafts: each request's new tokens (last token + draft) attend
+    # exactly as consecutive decode steps would, one decode row per token
+    VERIFY = "verify"
 
 
 @dataclass

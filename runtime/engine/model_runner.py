@@ -106,7 +106,7 @@ class ModelRunner:
         start = time.perf_counter()
         self.attn.init_forward_metadata(fb)
         hidden = self.model(fb.input_ids, fb.positions, fb, self.attn)
-        if batch.drafts is not None:  # every row scores a draft position
+        if batch.mode == ForwardMode.VERIFY:  # every row scores a draft position
             logits = self.model.compute_logits(hidden, float32=False)  # [T, V] model dtype
             self.forward_time += time.perf_counter() - start
             emitted, logprobs = verify_drafts(batch, logits, self._banned)

@@ -248,9 +248,8 @@ class Scheduler:
     # ---- results ------------------------------------------------------------
     def _process_result(self, batch: ScheduledBatch, result) -> list[TokenOut]:
         outputs = []
-        verify = batch.drafts is not None  # a decode step with drafts (runs as an extend)
-        extend = batch.mode == ForwardMode.EXTEND and not verify
-        self.stats["verify_steps" if verify else "extend_steps" if extend else "decode_steps"] += 1
+        verify, extend = batch.mode == ForwardMode.VERIFY, batch.mode == ForwardMode.EXTEND
+        self.stats[f"{batch.mode.value}_steps"] += 1
         for i, req in enumerate(batch.reqs):
             req.kv_len = batch.prefix_lens[i] + batch.extend_lens[i]
             if req.finish_reason is not None:  # aborted while the step ran (not possible today, kept safe)

@@ -32,7 +32,7 @@ from runtime.core import Req
 
 NGRAM_SIZES = range(5, 1, -1)  # longest match first
 SUFFIX_SIZES = range(8, 2, -1)  # across requests a match must be longer to be trusted
-STEP_TOKEN_BUDGET = 48  # tokens one verify step may carry, drafts and last tokens together
+STEP_TOKEN_BUDGET = 32  # tokens one verify step may carry (the linear layers give a row the same bits up to 32 rows)
 MAX_SKIP = 15  # steps a request waits after repeated misses before drafting again
 SUFFIX_INDEX_TOKENS = 1 << 18  # output tokens the suffix index keeps (oldest dropped first)
 

@@ -57,6 +57,10 @@ class PaddedMetadata:
 
 
 MIN_SHARED_PREFIX = 32  # shared KV tokens from which reading them once for the batch pays
+# decode keys are padded to a multiple of this: the bf16 matmul kernels block their reduction
+# in sizes dividing it, so zero padding past a row's keys adds exact zeros (with unaligned
+# lengths ~1 in 400 rows came out different in the last bit)
+DECODE_KV_ALIGN = 64
 
 
 class TorchNativeBackend(AttentionBackend):
@@ -66,6 +70,8 @@ class TorchNativeBackend(AttentionBackend):
 
     Extend: queries padded to [B, max_q], one SDPA call with a causal+padding mask (none
     for a lone request over an empty prefix: then SDPA's own causal kernel).
+    Verify (a decode step with drafts): each new token is a decode row of its own, over
+    its request's keys up to itself, so it gets the bits a plain decode step would give it.
     Decode (one query per request): a grouped-query matmul-softmax-matmul. On CPU this
     is several times faster than SDPA, whose flash kernel pads one query up to a block.
     When every request of a decode batch starts with the same KV slots (a system prompt,
@@ -81,6 +87,13 @@ class TorchNativeBackend(AttentionBackend):
         device = fb.input_ids.device
         if max_q == 1:
             fb.attn_metadata = self._decode_metadata(fb.kv_indices, kv_lens, device)
+            return
+        if fb.mode.value == "verify":  # one decode row per token: token j of a request sees prefix + j + 1 keys
+            rows = torch.repeat_interleave(torch.arange(len(q_lens)), q_lens)  # [T] request of each token
+            starts = torch.cumsum(q_lens, 0) - q_lens  # [B]
+            token_kv_lens = kv_lens[rows] - q_lens[rows] + 1 + (torch.arange(len(rows)) - starts[rows])  # [T]
+            fb.attn_metadata = self._decode_metadata(fb.kv_indices.index_select(0, rows), token_kv_lens, device,
+                                                     cascade=False)
             return
         kv_flat = self._buffer_rows(fb.kv_indices.reshape(-1))
         kj = torch.arange(max_kv)[None, None, :]  # [1, 1, max_kv]
@@ -108,9 +121,15 @@ class TorchNativeBackend(AttentionBackend):
         """buffer [Hkv, slots, D], rows from _buffer_rows -> [Hkv * N, D]."""
         return buffer.view(-1, self.head_dim).index_select(0, rows)
 
-    def _decode_metadata(self, kv_indices: torch.Tensor, kv_lens: torch.Tensor, device) -> PaddedMetadata:
-        """kv_indices: int64 [B, max_kv]; kv_lens: int64 [B] (each request's KV, new token included)."""
-        shared = _shared_prefix_len(kv_indices, kv_lens)
+    def _decode_metadata(self, kv_indices: torch.Tensor, kv_lens: torch.Tensor, device,
+                         cascade: bool = True) -> PaddedMetadata:
+        """kv_indices: int64 [B, max_kv]; kv_lens: int64 [B] (each request's KV, new token included).
+        The keys are padded (with slot 0) to a multiple of DECODE_KV_ALIGN: the bf16 P x V
+        product then gives a row the same bits whatever the batch's longest row is."""
+        pad = -kv_indices.shape[1] % DECODE_KV_ALIGN
+        if pad:
+            kv_indices = F.pad(kv_indices, (0, pad))
+        shared = _shared_prefix_len(kv_indices, kv_lens) if cascade else 0
         shared_slots = kv_indices[0, :shared].contiguous() if shared else None
         shared_range = None
         if shared and int(shared_slots[-1]) - int(shared_slots[0]) == shared - 1 \
@@ -128,7 +147,8 @@ class TorchNativeBackend(AttentionBackend):
         pool, md = self.pool, fb.attn_metadata
         pool.k_buffers[layer_id].index_copy_(1, fb.out_cache_loc, k.transpose(0, 1))
         pool.v_buffers[layer_id].index_copy_(1, fb.out_cache_loc, v.transpose(0, 1))
-        b, hkv = fb.batch_size, self.num_kv_heads
+        hkv = self.num_kv_heads
+        b = q.shape[0] if md.decode_bias is not None else fb.batch_size  # decode rows: one per token
         keys = self._gather(pool.k_buffers[layer_id], md.kv_flat).view(hkv, b, md.max_kv, -1)
         values = self._gather(pool.v_buffers[layer_id], md.kv_flat).view(hkv, b, md.max_kv, -1)
         if md.decode_bias is not None:

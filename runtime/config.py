@@ -130,7 +130,7 @@ class EngineConfig:
         "none", "draft-free speculative decoding, outputs unchanged (runtime/engine/speculative.py): ngram "
                 "(prompt lookup), suffix (earlier outputs), grammar (forced text), auto (all three)",
         SPECULATIVE_ALGORITHMS)
-    speculative_num_draft_tokens: int = _option(6, "longest draft per request and step")
+    speculative_num_draft_tokens: int = _option(8, "longest draft per request and step")
     disable_jump_forward: bool = _option(False, "do not draft the text a grammar forces (jump-forward: verified "
                                                 "like any draft, so outputs are unchanged)")
     num_threads: int | None = _option(None, "torch CPU threads in the engine process")

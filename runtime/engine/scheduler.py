@@ -7,6 +7,8 @@ between steps. Nothing here waits on I/O; the engine loop feeds it messages.
 
 from __future__ import annotations
 
+import time
+
 from runtime.cache.kv_pool import KVPool, ReqToTokenTable
 from runtime.cache.prefix_cache import PrefixCache
 from runtime.components import SCHEDULE_POLICIES, load
@@ -121,7 +123,12 @@ class Scheduler:
             self._retract(self.partial[-1])
         outputs, self._pending_outputs = self._pending_outputs, []
         if batch is not None:
-            outputs += self._process_result(batch, self.runner.run(batch))
+            start = time.perf_counter()
+            result = self.runner.run(batch)
+            if batch.mode != ForwardMode.EXTEND:
+                self.drafter.costs.observe(batch.mode == ForwardMode.VERIFY, len(batch.forward.input_ids),
+                                           time.perf_counter() - start)
+            outputs += self._process_result(batch, result)
         return outputs
 
     def _schedule_extend(self) -> ScheduledBatch | None:

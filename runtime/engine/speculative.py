@@ -16,11 +16,16 @@ change; only the number of model steps does. Drafts cost no model here, they com
   auto     grammar text when the grammar forces some, else the longer of the ngram and
            suffix matches.
 
-Adaptivity: each request's draft length follows its acceptance (a full accept grows it
-by 2 up to --speculative-num-draft-tokens, a partial one sets it to accepted + 1), after
-misses (nothing accepted) a request skips 1, 3, 7, 15 steps before drafting again, and a
-step verifies at most max(batch size, STEP_TOKEN_BUDGET) tokens: at a large batch the
-step is compute-bound and drafts would cost what they save.
+Adaptivity, per request: the draft length doubles after a full accept (up to
+--speculative-num-draft-tokens) and halves (to no less than accepted + 1) after a partial
+one; after misses (nothing accepted) a request skips 1, 3, 7, 15 steps before drafting
+again; `alpha`, its running per-token acceptance, says how likely each draft token is kept.
+Per step: the engine times its decode and verify steps and fits each as a + b * tokens
+(`StepCosts`); draft tokens are added, most likely first, while each one's chance of being
+kept exceeds what it costs (b * tokens per second of the step so far), and the step only
+verifies if that beats a plain decode step. At batch 1 a token costs ~3% of a step, so
+nearly every draft goes in; at a large batch the step is compute-bound and only drafts
+that are nearly certain (grammar text, long copies) do. At most STEP_TOKEN_BUDGET tokens.
 """
 
 from __future__ import annotations
@@ -105,6 +110,48 @@ class SuffixIndex:
         return [], 0
 
 
+class LinearCost:
+    """Seconds of a step as a + b * tokens, fitted to recent steps (exponentially decayed sums)."""
+
+    DECAY = 0.97
+
+    def __init__(self) -> None:
+        self.n = self.sx = self.sy = self.sxx = self.sxy = 0.0
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        d = self.DECAY
+        self.n, self.sx, self.sy = d * self.n + 1, d * self.sx + tokens, d * self.sy + seconds
+        self.sxx, self.sxy = d * self.sxx + tokens * tokens, d * self.sxy + tokens * seconds
+
+    @property
+    def known(self) -> bool:
+        return self.n >= 3
+
+    def coefficients(self) -> tuple[float, float]:
+        mx, my = self.sx / self.n, self.sy / self.n
+        var = self.sxx / self.n - mx * mx
+        b = max((self.sxy / self.n - mx * my) / var, 0.0) if var > 0.25 else 0.0
+        return my - b * mx, b
+
+    def predict(self, tokens: int) -> float:
+        a, b = self.coefficients()
+        return a + b * tokens
+
+
+class StepCosts:
+    """What decode and verify steps cost on this machine, learnt while serving."""
+
+    def __init__(self) -> None:
+        self.decode, self.verify = LinearCost(), LinearCost()
+
+    def observe(self, verify: bool, tokens: int, seconds: float) -> None:
+        (self.verify if verify else self.decode).observe(tokens, seconds)
+
+    def verify_model(self) -> LinearCost:
+        """Until verify steps were seen, assume they cost what decode steps do (so they get tried)."""
+        return self.verify if self.verify.known else self.decode
+
+
 @dataclass
 class SpecState:
     """One request's speculation state (Req.spec)."""
@@ -113,16 +160,20 @@ class SpecState:
     index: NgramIndex = field(default_factory=NgramIndex)
     misses: int = 0  # consecutive verify steps that accepted nothing
     skip: int = 0  # steps left before drafting again
+    alpha: float = 0.7  # running chance that a draft token is kept, given the one before it was
     num_drafted: int = 0
     num_accepted: int = 0
 
     def update(self, drafted: int, accepted: int, max_len: int) -> None:
         self.num_drafted += drafted
         self.num_accepted += accepted
+        # a accepted of d drafted: the geometric model's estimate is a / (a + 1), or 1 if all were kept
+        estimate = 1.0 if accepted == drafted else accepted / (accepted + 1)
+        self.alpha = 0.7 * self.alpha + 0.3 * estimate
         if accepted == drafted:
-            self.draft_len = min(max_len, self.draft_len + 2)
+            self.draft_len = min(max_len, 2 * self.draft_len)
         else:
-            self.draft_len = max(1, accepted + 1)
+            self.draft_len = max(1, accepted + 1, self.draft_len // 2)
         self.misses = self.misses + 1 if accepted == 0 else 0
         self.skip = min(2 ** self.misses - 1, MAX_SKIP)
 
@@ -138,21 +189,37 @@ class Drafter:
         self.tokenizer_of = tokenizer_of  # () -> the grammar tokenizer (loaded with the first grammar)
         self.suffix = SuffixIndex() if "suffix" in self.sources else None
         self._forced: dict[str, list[int]] = {}  # forced text -> its tokens (small LRU)
+        self.costs = StepCosts()
 
     @property
     def enabled(self) -> bool:
         return self.max_len > 0 and bool(self.sources)
 
     def propose(self, reqs: list[Req], context_len: int) -> list[list[int]]:
-        """A draft (maybe empty) per request, within the step's token budget."""
-        budget = max(len(reqs), STEP_TOKEN_BUDGET) - len(reqs)
-        drafts = []
-        for req in reqs:
-            draft = self._draft(req, context_len) if budget > 0 else []
-            draft = draft[:budget]
-            budget -= len(draft)
-            drafts.append(draft)
-        return drafts
+        """A draft (maybe empty) per request: the candidates cut to what pays this step."""
+        if len(reqs) >= STEP_TOKEN_BUDGET:
+            return [[] for _ in reqs]
+        drafts = [self._draft(req, context_len) for req in reqs]
+        if not any(drafts):
+            return drafts
+        # every draft token j of request i: the chance it is emitted, alpha_i ** j
+        items = sorted(((req.spec.alpha ** (j + 1), i) for i, (req, d) in enumerate(zip(reqs, drafts))
+                        for j in range(len(d))), reverse=True)
+        cost = self.costs.verify_model()
+        if not cost.known:  # nothing measured yet: take the candidates as they are
+            items = items[:STEP_TOKEN_BUDGET - len(reqs)]
+        a, b = cost.coefficients() if cost.known else (1.0, 0.0)
+        tokens, expected, keep = len(reqs), float(len(reqs)), [0] * len(reqs)
+        for chance, i in items:
+            if tokens >= STEP_TOKEN_BUDGET or chance * (a + b * tokens) <= b * expected:
+                break  # this token's chance no longer pays for its share of the step
+            keep[i] += 1
+            tokens += 1
+            expected += chance
+        if cost.known and self.costs.decode.known and \
+                expected / cost.predict(tokens) <= len(reqs) / self.costs.decode.predict(len(reqs)):
+            return [[] for _ in reqs]  # a plain decode step emits tokens faster
+        return [d[:n] for d, n in zip(drafts, keep)]
 
     def _draft(self, req: Req, context_len: int) -> list[int]:
         state = req.spec

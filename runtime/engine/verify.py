@@ -80,10 +80,11 @@ def verify_drafts(batch, logits: torch.Tensor, banned_for) -> tuple[list[list[in
 
 
 def _verify_processed(reqs, drafts, starts, contexts, banned, logits) -> list[list[int]]:
-    rows_params = [req.sampling_params for req, d in zip(reqs, drafts) for _ in range(len(d) + 1)]
+    row_reqs = [req for req, d in zip(reqs, drafts) for _ in range(len(d) + 1)]  # [T] request of each row
+    rows_params = [req.sampling_params for req in row_reqs]
     sb = SamplingBatch.build(rows_params, [c for ctx in contexts for c in ctx],
                              banned_token_ids=[b for per_req in banned for b in per_req],
-                             prompt_ids=[req.origin_input_ids for req, d in zip(reqs, drafts) for _ in range(len(d) + 1)])
+                             prompt_ids=[req.origin_input_ids for req in row_reqs])
     x = processed_logits(logits, sb)  # [T, V] float32
     if any(req.grammar is not None for req in reqs):
         bitmask = allocate_bitmask(x.shape[0], x.shape[1])

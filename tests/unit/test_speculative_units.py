@@ -65,7 +65,7 @@ def test_drafter_follows_acceptance_and_the_step_budget():
     # 5 6 7 8 5 6 7 9 5 6: the latest earlier "5 6" is followed by "7 9 5 6"
     assert drafter.propose([req], 4096) == [[7, 9, 5, 6]]
     req.spec.update(drafted=4, accepted=1, max_len=6)
-    assert drafter.propose([req], 4096) == [[7, 9]]  # accepted + 1
+    assert drafter.propose([req], 4096) == [[7, 9, 5]]  # halved: 6 -> 3
     for skipped in (1, 3):  # misses: skip 1, then 3 steps
         req.spec.update(drafted=2, accepted=0, max_len=6)
         assert [drafter.propose([req], 4096) for _ in range(skipped)] == [[[]]] * skipped
@@ -75,6 +75,26 @@ def test_drafter_follows_acceptance_and_the_step_budget():
     assert not any(drafter.propose(many, 4096))  # a full batch verifies no drafts
     some = [make_req([9, 5, 6]) for _ in range(STEP_TOKEN_BUDGET // 2)]
     assert sum(map(len, drafter.propose(some, 4096))) == STEP_TOKEN_BUDGET - len(some)
+
+
+@pytest.mark.parametrize("per_token_ms,batch,expect_drafts", [(0.5, 1, 6), (0.5, 8, 8 * 3), (8.0, 8, 0)])
+def test_drafts_only_where_they_pay_for_the_step(per_token_ms, batch, expect_drafts):
+    """With measured step costs, a draft token goes in while its chance of being kept
+    (alpha ** j) beats its share of the step, and a step verifies only if it beats decoding."""
+    drafter = Drafter("ngram", 6, jump_forward=False, tokenizer_of=None)
+    for tokens in (4, 8, 12, 16, 24):  # decode: 20 ms + 0.5 ms per token; verify: 20 ms + per_token_ms
+        drafter.costs.observe(False, tokens, 0.020 + 0.0005 * tokens)
+        drafter.costs.observe(True, tokens, 0.020 + per_token_ms / 1000 * tokens)
+    reqs = [make_req([9, 5, 6]) for _ in range(batch)]
+    drafter.propose(reqs, 4096)  # creates each request's state
+    for r in reqs:
+        r.spec.alpha, r.spec.skip = 0.9, 0
+    drafts = drafter.propose(reqs, 4096)
+    if batch == 1:
+        assert drafts == [[7, 9, 5, 6]]  # batch 1: every candidate token
+    else:
+        assert sum(map(len, drafts)) <= expect_drafts
+        assert (sum(map(len, drafts)) > 0) == (expect_drafts > 0)
 
 
 def test_spec_state_grows_after_full_accepts():

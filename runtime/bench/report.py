@@ -8,7 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-ORDER = ("compare", "roofline", "serve", "programs", "prefix", "offline", "grammar")  # sections first to last
+ORDER = ("compare", "roofline", "serve", "spec", "programs", "prefix", "offline", "grammar")  # sections first to last
 
 
 def add_parser(sub) -> None:

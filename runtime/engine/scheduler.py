@@ -126,8 +126,8 @@ class Scheduler:
             start = time.perf_counter()
             result = self.runner.run(batch)
             if batch.mode != ForwardMode.EXTEND:
-                self.drafter.costs.observe(batch.mode == ForwardMode.VERIFY, len(batch.forward.input_ids),
-                                           time.perf_counter() - start)
+                self.drafter.costs.observe(batch.mode == ForwardMode.VERIFY, len(batch.reqs),
+                                           len(batch.forward.input_ids), time.perf_counter() - start)
             outputs += self._process_result(batch, result)
         return outputs
 

@@ -20,10 +20,11 @@ Adaptivity, per request: the draft length doubles after a full accept (up to
 --speculative-num-draft-tokens) and halves (to no less than accepted + 1) after a partial
 one; after misses (nothing accepted) a request skips 1, 3, 7, 15 steps before drafting
 again; `alpha`, its running per-token acceptance, says how likely each draft token is kept.
-Per step: the engine times its decode and verify steps and fits each as a + b * tokens
-(`StepCosts`); draft tokens are added, most likely first, while each one's chance of being
-kept exceeds what it costs (b * tokens per second of the step so far), and the step only
-verifies if that beats a plain decode step. At batch 1 a token costs ~3% of a step, so
+Per step: the engine times its decode and verify steps and fits each, per batch size
+class, as seconds = a + b * tokens (`StepCosts`); draft tokens are added, most likely
+first, while a token's chance of being kept exceeds what its share of the step would have
+produced (b times the tokens per second of the step so far), and the step only verifies
+if its expected tokens per second beat a plain decode step's. At batch 1 a token costs ~3% of a step, so
 nearly every draft goes in; at a large batch the step is compute-bound and only drafts
 that are nearly certain (grammar text, long copies) do. At most STEP_TOKEN_BUDGET tokens.
 """
@@ -139,17 +140,27 @@ class LinearCost:
 
 
 class StepCosts:
-    """What decode and verify steps cost on this machine, learnt while serving."""
+    """What decode and verify steps cost on this machine, learnt while serving, per batch
+    size class (1, 2-3, 4-7, 8-15, 16-31 requests): a token's share of a step differs a lot
+    between batch 1 and batch 16, so one line through both would mislead."""
 
     def __init__(self) -> None:
-        self.decode, self.verify = LinearCost(), LinearCost()
+        self.models: dict[tuple[bool, int], LinearCost] = {}
 
-    def observe(self, verify: bool, tokens: int, seconds: float) -> None:
-        (self.verify if verify else self.decode).observe(tokens, seconds)
+    def _model(self, verify: bool, batch_size: int) -> LinearCost:
+        return self.models.setdefault((verify, batch_size.bit_length()), LinearCost())
 
-    def verify_model(self) -> LinearCost:
-        """Until verify steps were seen, assume they cost what decode steps do (so they get tried)."""
-        return self.verify if self.verify.known else self.decode
+    def observe(self, verify: bool, batch_size: int, tokens: int, seconds: float) -> None:
+        self._model(verify, batch_size).observe(tokens, seconds)
+
+    def decode_model(self, batch_size: int) -> LinearCost:
+        return self._model(False, batch_size)
+
+    def verify_model(self, batch_size: int) -> LinearCost:
+        """Until verify steps of this size were seen, assume they cost what decode steps do
+        (so they get tried)."""
+        model = self._model(True, batch_size)
+        return model if model.known else self.decode_model(batch_size)
 
 
 @dataclass
@@ -182,13 +193,13 @@ class Drafter:
     """Proposes each running request's draft for the next step (the scheduler asks it)."""
 
     def __init__(self, algorithm: str, num_draft_tokens: int, jump_forward: bool, tokenizer_of) -> None:
-        self.algorithm, self.max_len = algorithm, num_draft_tokens
+        self.max_len = num_draft_tokens
         self.sources = {"auto": {"ngram", "suffix", "grammar"}, "none": set()}.get(algorithm, {algorithm})
         if jump_forward:
             self.sources = self.sources | {"grammar"}
         self.tokenizer_of = tokenizer_of  # () -> the grammar tokenizer (loaded with the first grammar)
         self.suffix = SuffixIndex() if "suffix" in self.sources else None
-        self._forced: dict[str, list[int]] = {}  # forced text -> its tokens (small LRU)
+        self._forced: dict[str, list[int]] = {}  # forced text -> its tokens (cleared when it grows large)
         self.costs = StepCosts()
 
     @property
@@ -205,10 +216,8 @@ class Drafter:
         # every draft token j of request i: the chance it is emitted, alpha_i ** j
         items = sorted(((req.spec.alpha ** (j + 1), i) for i, (req, d) in enumerate(zip(reqs, drafts))
                         for j in range(len(d))), reverse=True)
-        cost = self.costs.verify_model()
-        if not cost.known:  # nothing measured yet: take the candidates as they are
-            items = items[:STEP_TOKEN_BUDGET - len(reqs)]
-        a, b = cost.coefficients() if cost.known else (1.0, 0.0)
+        cost, decode = self.costs.verify_model(len(reqs)), self.costs.decode_model(len(reqs))
+        a, b = cost.coefficients() if cost.known else (1.0, 0.0)  # nothing measured yet: take them all
         tokens, expected, keep = len(reqs), float(len(reqs)), [0] * len(reqs)
         for chance, i in items:
             if tokens >= STEP_TOKEN_BUDGET or chance * (a + b * tokens) <= b * expected:
@@ -216,8 +225,7 @@ class Drafter:
             keep[i] += 1
             tokens += 1
             expected += chance
-        if cost.known and self.costs.decode.known and \
-                expected / cost.predict(tokens) <= len(reqs) / self.costs.decode.predict(len(reqs)):
+        if cost.known and decode.known and expected / cost.predict(tokens) <= len(reqs) / decode.predict(len(reqs)):
             return [[] for _ in reqs]  # a plain decode step emits tokens faster
         return [d[:n] for d, n in zip(drafts, keep)]
 
@@ -237,8 +245,6 @@ class Drafter:
             forced = self._grammar_draft(req, k)
             if forced or self.sources == {"grammar"}:
                 return forced
-        if req.grammar is not None and self.sources == {"grammar"}:
-            return []
         context = req.fill_ids
         best, best_n = [], 0
         if "ngram" in self.sources:

@@ -82,9 +82,10 @@ def test_drafts_only_where_they_pay_for_the_step(per_token_ms, batch, expect_dra
     """With measured step costs, a draft token goes in while its chance of being kept
     (alpha ** j) beats its share of the step, and a step verifies only if it beats decoding."""
     drafter = Drafter("ngram", 6, jump_forward=False, tokenizer_of=None)
-    for tokens in (4, 8, 12, 16, 24):  # decode: 20 ms + 0.5 ms per token; verify: 20 ms + per_token_ms
-        drafter.costs.observe(False, tokens, 0.020 + 0.0005 * tokens)
-        drafter.costs.observe(True, tokens, 0.020 + per_token_ms / 1000 * tokens)
+    for _ in range(3):  # decode: 20 ms + 0.5 ms per request; verify: 20 ms + per_token_ms per token
+        drafter.costs.observe(False, batch, batch, 0.020 + 0.0005 * batch)
+        for tokens in (batch + 1, batch + 4, batch + 9):
+            drafter.costs.observe(True, batch, tokens, 0.020 + 0.0005 * batch + per_token_ms / 1000 * (tokens - batch))
     reqs = [make_req([9, 5, 6]) for _ in range(batch)]
     drafter.propose(reqs, 4096)  # creates each request's state
     for r in reqs:

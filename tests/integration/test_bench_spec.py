@@ -23,6 +23,6 @@ def test_bench_spec_writes_results_with_identical_outputs(tmp_path):
             assert cell["output_tokens"] > 0 and cell["tokens_per_s"] > 0
     assert report["workloads"]["tool-loop"]["1"]["off"]["of"] == 2 * 3  # three steps per conversation
     assert any(c["drafted_requests"] for cells in report["workloads"].values() for c in cells["1"].values())
-    assert [f["what"].split(",")[0] for f in report["floors"]] == ["json-extraction", "code-edit", "free-chat",
-                                                                     "free-chat"]
+    assert [f["what"].split(",")[0] for f in report["floors"]] == ["json-extraction", "code-edit",
+                                                                     "free-chat (no copying)", "free-chat (no copying)"]
     assert "| floor | reached | met |" in out.with_suffix(".md").read_text()

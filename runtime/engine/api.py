@@ -197,23 +197,31 @@ class Engine:
                                         sampling_params=sp, options=options))
         return reqs
 
-    def _submit(self, req: GenerateRequest, loop=None) -> tuple[RequestState, _Waiter]:
-        sp = req.sampling_params
-        detok = IncrementalDetokenizer(self.tokenizer, skip_special_tokens=sp.skip_special_tokens,
-                                       spaces_between_special_tokens=sp.spaces_between_special_tokens)
-        state = RequestState(req.rid, sp, req.options, detok, prompt_tokens=len(req.input_ids))
-        waiter = _Waiter(loop)
+    def _submit(self, reqs: list[GenerateRequest], loop=None) -> list[tuple[RequestState, _Waiter]]:
+        """Register and send requests; several go as one message, so the scheduler sees
+        them together (one prefill batch, whatever the IPC timing)."""
+        submitted = []
         with self._lock:
-            if req.rid in self._states:
-                raise ValueError(f"duplicate request id {req.rid!r}")
-            self._states[req.rid] = (state, waiter)
+            rids = [r.rid for r in reqs]
+            dup = next((r for r in rids if r in self._states), None) or \
+                next((r for i, r in enumerate(rids) if r in rids[:i]), None)
+            if dup is not None:
+                raise ValueError(f"duplicate request id {dup!r}")
+            for req in reqs:
+                sp = req.sampling_params
+                detok = IncrementalDetokenizer(self.tokenizer, skip_special_tokens=sp.skip_special_tokens,
+                                               spaces_between_special_tokens=sp.spaces_between_special_tokens)
+                state = RequestState(req.rid, sp, req.options, detok, prompt_tokens=len(req.input_ids))
+                self._states[req.rid] = (state, _Waiter(loop))
+                submitted.append(self._states[req.rid])
         try:
-            self._send(req)
+            self._send(reqs[0] if len(reqs) == 1 else list(reqs))
         except EngineDeadError:
             with self._lock:
-                self._states.pop(req.rid, None)
+                for rid in rids:
+                    self._states.pop(rid, None)
             raise
-        return state, waiter
+        return submitted
 
     def _normalize_batch(self, prompt, input_ids, sampling_params) -> tuple[list, list, list, bool]:
         is_batch = isinstance(prompt, list) or (input_ids is not None and input_ids and isinstance(input_ids[0], list))
@@ -242,8 +250,11 @@ class Engine:
             if is_batch or len(groups[0]) > 1:
                 raise ValueError("stream=True takes a single prompt with n=1")
             return self._stream(groups[0][0])
-        submitted = [[self._submit(r) for r in group] for group in groups]
-        results = [[self._wait(state, waiter) for state, waiter in group] for group in submitted]
+        flat_states = self._submit([r for group in groups for r in group])
+        results, at = [], 0
+        for group in groups:
+            results.append([self._wait(state, waiter) for state, waiter in flat_states[at:at + len(group)]])
+            at += len(group)
         flat = [g[0] if len(g) == 1 else g for g in results]
         return flat if is_batch else flat[0]
 
@@ -253,7 +264,7 @@ class Engine:
         return state.result()
 
     def _stream(self, req: GenerateRequest) -> Iterator[dict]:
-        state, waiter = self._submit(req)
+        [(state, waiter)] = self._submit([req])
         sent = 0
         try:
             while True:
@@ -278,7 +289,7 @@ class Engine:
             if len(reqs) > 1:
                 raise ValueError("stream=True takes n=1")
             return self._astream(reqs[0], loop)
-        submitted = [self._submit(r, loop) for r in reqs]
+        submitted = self._submit(reqs, loop)
         try:
             results = []
             for state, waiter in submitted:
@@ -293,7 +304,7 @@ class Engine:
         return results[0] if len(results) == 1 else results
 
     async def _astream(self, req: GenerateRequest, loop) -> AsyncIterator[dict]:
-        state, waiter = self._submit(req, loop)
+        [(state, waiter)] = self._submit([req], loop)
         sent = 0
         try:
             while True:

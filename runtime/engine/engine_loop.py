@@ -200,12 +200,14 @@ def _loop(core: EngineCore, conn) -> None:
 
 
 def _drain(conn, block: bool) -> list:
-    """Every message waiting; when idle, wait for one (EOFError: the parent is gone)."""
+    """Every message waiting; when idle, wait for one (EOFError: the parent is gone).
+    A list is a batch of requests sent together."""
     msgs = []
     if block and not conn.poll(1.0):
         return msgs
     while conn.poll(0):
-        msgs.append(conn.recv())
+        msg = conn.recv()
+        msgs += msg if isinstance(msg, list) else [msg]
     return msgs
 
 

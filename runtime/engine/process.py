@@ -4,8 +4,8 @@ The child is `python -m runtime.engine.process ADDRESS`: its own entry point, so
 re-imports the caller's `__main__` (a plain script that builds an `Engine` at module
 level just works, unlike a multiprocessing `spawn` child). Parent and child talk over one
 authenticated `multiprocessing.connection` socket of pickled `runtime.core` dataclasses:
-  parent -> child: the (EngineConfig, model path) to load, then GenerateRequest |
-                   AbortRequest | a Control message;
+  parent -> child: the (EngineConfig, model path) to load, then GenerateRequest (or a
+                   list of them, submitted together) | AbortRequest | a Control message;
   child -> parent: EngineReady | EngineFailed, then lists of TokenOut / ControlReply.
 When either side dies the other's `recv` raises EOFError at once (the kernel closes the
 socket), which is how the parent notices a killed engine and the child an orphaned one.

@@ -56,7 +56,7 @@ class PaddedMetadata:
     shared_range: tuple[int, int] | None = None  # (first slot, S) when those slots are consecutive
 
 
-MIN_SHARED_PREFIX = 32  # shared KV tokens from which reading them once for the batch pays
+MIN_SHARED_PREFIX = 64  # shared KV tokens from which reading them once for the batch pays
 # decode keys are padded to a multiple of this: the bf16 matmul kernels block their reduction
 # in sizes dividing it, so zero padding past a row's keys adds exact zeros (with unaligned
 # lengths ~1 in 400 rows came out different in the last bit)
@@ -93,7 +93,7 @@ class TorchNativeBackend(AttentionBackend):
             starts = torch.cumsum(q_lens, 0) - q_lens  # [B]
             token_kv_lens = kv_lens[rows] - q_lens[rows] + 1 + (torch.arange(len(rows)) - starts[rows])  # [T]
             fb.attn_metadata = self._decode_metadata(fb.kv_indices.index_select(0, rows), token_kv_lens, device,
-                                                     cascade=False)
+                                                     num_requests=len(q_lens))
             return
         kv_flat = self._buffer_rows(fb.kv_indices.reshape(-1))
         kj = torch.arange(max_kv)[None, None, :]  # [1, 1, max_kv]
@@ -122,14 +122,16 @@ class TorchNativeBackend(AttentionBackend):
         return buffer.view(-1, self.head_dim).index_select(0, rows)
 
     def _decode_metadata(self, kv_indices: torch.Tensor, kv_lens: torch.Tensor, device,
-                         cascade: bool = True) -> PaddedMetadata:
-        """kv_indices: int64 [B, max_kv]; kv_lens: int64 [B] (each request's KV, new token included).
-        The keys are padded (with slot 0) to a multiple of DECODE_KV_ALIGN: the bf16 P x V
-        product then gives a row the same bits whatever the batch's longest row is."""
+                         num_requests: int | None = None) -> PaddedMetadata:
+        """kv_indices: int64 [B, max_kv]; kv_lens: int64 [B] (each row's KV, its new token
+        included); a verify step has one row per token of `num_requests` requests.
+        The keys are padded (with slot 0) to a multiple of DECODE_KV_ALIGN, and a shared
+        prefix is cut at a multiple of it: the bf16 products then give a row the same bits
+        whatever the batch's longest row is, and a verify row the bits of a decode row."""
         pad = -kv_indices.shape[1] % DECODE_KV_ALIGN
         if pad:
             kv_indices = F.pad(kv_indices, (0, pad))
-        shared = _shared_prefix_len(kv_indices, kv_lens) if cascade else 0
+        shared = _shared_prefix_len(kv_indices, kv_lens, num_requests or kv_indices.shape[0])
         shared_slots = kv_indices[0, :shared].contiguous() if shared else None
         shared_range = None
         if shared and int(shared_slots[-1]) - int(shared_slots[0]) == shared - 1 \
@@ -200,13 +202,14 @@ class TorchNativeBackend(AttentionBackend):
         return out.transpose(0, 1).reshape(b, -1)
 
 
-def _shared_prefix_len(kv_indices: torch.Tensor, kv_lens: torch.Tensor) -> int:
+def _shared_prefix_len(kv_indices: torch.Tensor, kv_lens: torch.Tensor, num_requests: int) -> int:
     """Leading KV slots that every row of kv_indices [B, max_kv] holds at the same
-    positions, short of each request's last (new) token; 0 below MIN_SHARED_PREFIX or
-    for a single request (nothing to share)."""
+    positions, short of each row's last (new) token, rounded down to a multiple of
+    DECODE_KV_ALIGN; 0 below MIN_SHARED_PREFIX or for a single request (nothing to share)."""
     limit = int(kv_lens.min()) - 1
-    if kv_indices.shape[0] < 2 or limit < MIN_SHARED_PREFIX:
+    if num_requests < 2 or limit < MIN_SHARED_PREFIX:
         return 0
     same = (kv_indices[:, :limit] == kv_indices[:1, :limit]).all(dim=0)  # [limit]
     shared = limit if bool(same.all()) else int(same.logical_not().nonzero()[0])
+    shared -= shared % DECODE_KV_ALIGN
     return shared if shared >= MIN_SHARED_PREFIX else 0

@@ -47,6 +47,23 @@ def test_batch_text_and_input_ids(engine):
     assert len(texts) == 2 and texts[1]["meta_info"]["completion_tokens"] <= 3
 
 
+def test_a_batch_reaches_the_scheduler_together(engine):
+    """generate([...]) sends the whole batch as one message: one prefill step for all of
+    it, however the IPC timing falls (so bf16 batches are reproducible run to run)."""
+    for _ in range(3):
+        before = engine.get_server_info()["extend_steps"]
+        outs = engine.generate(input_ids=random_prompts(lens=(5, 9, 13, 17, 21, 25)), sampling_params=GREEDY)
+        assert len(outs) == 6 and engine.get_server_info()["extend_steps"] - before == 1
+
+
+def test_a_request_id_in_flight_is_refused(engine):
+    stream = engine.generate("a b c", {"max_new_tokens": 200, "ignore_eos": True}, rid="dup", stream=True)
+    next(stream)
+    with pytest.raises(ValueError, match="duplicate request id 'dup'"):
+        engine.generate("x", GREEDY, rid="dup")
+    stream.close()  # aborts it
+
+
 def test_stream_pieces_concatenate_to_final_text(engine):
     chunks = list(engine.generate("Once upon a time", {**GREEDY, "max_new_tokens": 24}, stream=True))
     assert chunks[-1]["meta_info"]["finish_reason"] is not None

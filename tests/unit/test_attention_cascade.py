@@ -9,27 +9,30 @@ from runtime.layers.attention import DECODE_KV_ALIGN, MIN_SHARED_PREFIX, TorchNa
 
 
 def test_shared_prefix_len():
-    lens = torch.tensor([50, 60])
-    same = torch.arange(1, 61).repeat(2, 1)
-    assert _shared_prefix_len(same, lens) == 49  # never the shortest request's new token
+    lens = torch.tensor([129, 160])
+    same = torch.arange(1, 161).repeat(2, 1)
+    assert _shared_prefix_len(same, lens, 2) == 128  # never the shortest request's new token
+    assert _shared_prefix_len(same, lens - 1, 2) == 64  # cut at a multiple of DECODE_KV_ALIGN
     diverge = same.clone()
-    diverge[1, 40:] += 100
-    assert _shared_prefix_len(diverge, lens) == 40
-    diverge[1, MIN_SHARED_PREFIX - 1] += 100
-    assert _shared_prefix_len(diverge, lens) == 0  # too short to pay
-    assert _shared_prefix_len(same[:1], lens[:1]) == 0  # one request: nothing shared
+    diverge[1, 100:] += 1000
+    assert _shared_prefix_len(diverge, lens, 2) == 64
+    diverge[1, MIN_SHARED_PREFIX - 1] += 1000
+    assert _shared_prefix_len(diverge, lens, 2) == 0  # too short to pay
+    assert _shared_prefix_len(same[:1], lens[:1], 1) == 0  # one request: nothing shared
+    assert _shared_prefix_len(same, lens, 1) == 0  # two verify rows of one request: nothing shared
 
 
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (8, 2), (9, 3)])
 def test_cascade_equals_plain_decode(heads, kv_heads):
     torch.manual_seed(heads)
-    dim, shared, tails = 16, 70, [1, 5, 12]
+    dim, shared, tails = 16, 2 * DECODE_KV_ALIGN, [1, 5, 12]
     pool = KVPool(1, 256, kv_heads, dim, torch.float64, "cpu")
     pool.k_buffers[0].normal_()
     pool.v_buffers[0].normal_()
     attn = TorchNativeBackend(pool, heads, kv_heads, dim)
-    prefix = torch.arange(1, shared + 1)
-    rows, start = [], shared + 1
+    prefix = torch.arange(1, shared + 4)  # cut back to `shared`, a multiple of DECODE_KV_ALIGN
+    shared_slots = shared + 3
+    rows, start = [], shared_slots + 1
     for t in tails:
         rows.append(torch.cat([prefix, torch.arange(start, start + t)]))
         start += t
@@ -63,30 +66,37 @@ def _forward_batch(mode, kv_indices, extend_lens, seq_lens, out_cache_loc):
 
 
 @pytest.mark.parametrize("prefix_len", [40, 63, 64, 200, 333])
-def test_verify_rows_get_the_bits_of_decode_steps(prefix_len):
+@pytest.mark.parametrize("share", [False, True])
+def test_verify_rows_get_the_bits_of_decode_steps(prefix_len, share):
     """A verify step's tokens (bf16) come out bit-identical to the same tokens decoded one
-    step at a time, next to another request of a different length."""
+    step at a time, next to another request of a different length (share: one that shares
+    request 0's prefix, so both kinds of step read it once)."""
     torch.manual_seed(prefix_len)
     heads, kv_heads, dim, k = 9, 3, 64, 5
     pool = KVPool(1, 1024, kv_heads, dim, torch.bfloat16, "cpu")
     attn = TorchNativeBackend(pool, heads, kv_heads, dim)
-    lens = [prefix_len + k + 1, 97]  # request 0 verifies k + 1 tokens, request 1 decodes one
-    slots = [torch.arange(1, lens[0] + 1), torch.arange(600, 600 + lens[1])]
-    new_k = torch.randn(sum(lens), kv_heads, dim, dtype=torch.bfloat16)
-    new_v = torch.randn(sum(lens), kv_heads, dim, dtype=torch.bfloat16)
+    own = [prefix_len + k + 1, 97]  # request 0 verifies k + 1 tokens, request 1 decodes one
+    slots = [torch.arange(1, own[0] + 1), torch.arange(600, 600 + own[1])]
+    if share:
+        slots[1] = torch.cat([slots[0][:prefix_len], slots[1]])
+    lens = [len(s) for s in slots]
+    pool.k_buffers[0].normal_()
+    pool.v_buffers[0].normal_()
     q = torch.randn(k + 2, heads, dim, dtype=torch.bfloat16)
-    everything = torch.cat(slots)
-    pool.k_buffers[0].index_copy_(1, everything, new_k.transpose(0, 1))
-    pool.v_buffers[0].index_copy_(1, everything, new_v.transpose(0, 1))
     kv = torch.stack([torch.nn.functional.pad(s, (0, max(lens) - len(s))) for s in slots])
     written = torch.cat([slots[0][-(k + 1):], slots[1][-1:]])
+    new_kv = [b[0].transpose(0, 1)[written] for b in (pool.k_buffers, pool.v_buffers)]  # [k + 2, Hkv, D]
     fb = _forward_batch(ForwardMode.VERIFY, kv, [k + 1, 1], lens, written)
     attn.init_forward_metadata(fb)
-    sel = torch.cat([torch.arange(lens[0] - k - 1, lens[0]), lens[0] + torch.tensor([lens[1] - 1])])
-    got = attn.forward(q, new_k[sel], new_v[sel], 0, fb)  # [k + 2, H * D]
-    for j in range(k + 1):  # token j of request 0, decoded alone over prefix + j + 1 keys
+    assert (fb.attn_metadata.shared_slots is not None) == (share and prefix_len >= MIN_SHARED_PREFIX)
+    got = attn.forward(q, *new_kv, 0, fb)  # [k + 2, H * D]
+    for j in range(k + 1):  # token j of request 0 over prefix + j + 1 keys, decoded beside request 1
         n = lens[0] - k + j
-        one = _forward_batch(ForwardMode.DECODE, slots[0][:n][None], [1], [n], slots[0][n - 1:n])
+        step = [slots[0][:n], slots[1]]
+        kv_step = torch.stack([torch.nn.functional.pad(s, (0, max(n, lens[1]) - len(s))) for s in step])
+        rows = torch.tensor([j, k + 1])
+        one = _forward_batch(ForwardMode.DECODE, kv_step, [1, 1], [n, lens[1]], written[rows])
         attn.init_forward_metadata(one)
-        want = attn.forward(q[j:j + 1], new_k[n - 1:n], new_v[n - 1:n], 0, one)
-        assert torch.equal(got[j:j + 1], want), j
+        want = attn.forward(q[rows], new_kv[0][rows], new_kv[1][rows], 0, one)
+        assert torch.equal(got[j], want[0]), j
+        assert torch.equal(got[k + 1], want[1]), j

@@ -91,6 +91,8 @@ def _eos_ids(path: Path, hf: dict) -> tuple[int, ...]:
 
 
 SPECULATIVE_ALGORITHMS = ("none", "ngram", "suffix", "grammar", "auto")
+QUANTIZATIONS = ("none", "int8", "int4")  # runtime/layers/quant.py
+INT4_GROUP_SIZES = (32, 64, 128)
 
 
 def _option(default: Any, help: str, choices: tuple | None = None) -> Any:
@@ -136,6 +138,12 @@ class EngineConfig:
     num_threads: int | None = _option(None, "torch CPU threads in the engine process")
     cpu_linear: str = _option("auto", "CPU linear layers: onednn (weights reordered once at load; bf16 only) or "
                                       "torch (F.linear); auto: onednn where available", ("auto", "onednn", "torch"))
+    quantization: str = _option("none", "weight-only quantization of the linear layers, CPU (runtime/layers/"
+                                        "quant.py): int8 per channel or int4 per group", QUANTIZATIONS)
+    quantization_group_size: int = _option(32, "int4: weights per scale (32 matches GGUF Q4_0/Q4_1 blocks)",
+                                           INT4_GROUP_SIZES)
+    quantize_lm_head: bool = _option(False, "quantize the output head too (with tied embeddings a quantized "
+                                            "copy; the embedding lookup stays in float)")
     extra: dict = field(default_factory=dict)  # bench/test switches (e.g. record_step_times); no flag
 
     def __post_init__(self) -> None:

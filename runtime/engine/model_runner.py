@@ -61,7 +61,10 @@ class ModelRunner:
         self.model_config = ModelConfig.from_hf(model_path)
         mc = self.model_config
         self.dtype = cfg.resolved_dtype(mc)
-        self.model = load_model(model_path, mc, self.dtype, self.device)
+        if cfg.quantization == "none":
+            self.model = load_model(model_path, mc, self.dtype, self.device)
+        else:
+            self.model = self._load_quantized(model_path)
         if self._use_onednn():
             logger.info("%d linear layers reordered for oneDNN", self.model.pack_for_onednn())
         self.context_len = min(cfg.context_length or mc.max_position_embeddings, mc.max_position_embeddings)
@@ -76,6 +79,20 @@ class ModelRunner:
         self.forward_time = 0.0  # seconds spent in model forward + logits (for overhead stats)
         logger.info("model %s (%s) on %s, %s; KV pool %d tokens; context %d", mc.architecture,
                     model_path, self.device, self.dtype, self.pool.capacity, self.context_len)
+
+    def _load_quantized(self, model_path: str):
+        """Quantized from the checkpoint's float32 values (a GGUF's Q4_0/Q4_1 values are
+        exact there, so int4 at group 32 gets back its blocks), then the rest is cast."""
+        cfg = self.cfg
+        if self.device != "cpu":
+            raise ValueError(f"--quantization {cfg.quantization} runs on CPU only (its kernels are torch's CPU "
+                             f"ones); this engine is on {self.device}")
+        model = load_model(model_path, self.model_config, torch.float32, self.device)
+        count = model.quantize(cfg.quantization, cfg.quantization_group_size, cfg.quantize_lm_head)
+        logger.info("%d linear layers quantized to %s", count, cfg.quantization)
+        for param in model.parameters():  # embeddings, norms, biases (the rotary tables stay float32)
+            param.data = param.data.to(self.dtype)
+        return model
 
     def _use_onednn(self) -> bool:
         available = onednn_packing_available(self.dtype, self.device)

@@ -16,6 +16,7 @@ from runtime.layers.activation import silu_and_mul
 from runtime.layers.attention import AttentionBackend
 from runtime.layers.linear import MergedLinear, OneDNNLinear, pack_linears_onednn
 from runtime.layers.norm import RMSNorm
+from runtime.layers.quant import quantize_linear, quantize_linears
 from runtime.layers.rotary import RotaryEmbedding, apply_rotary
 
 
@@ -112,6 +113,17 @@ class LlamaForCausalLM(nn.Module):
         (then the model dtype: enough for an argmax, as the fp32 cast is exact)."""
         logits = F.linear(hidden, self.model.embed_tokens.weight) if self.lm_head is None else self.lm_head(hidden)
         return logits.float() if float32 else logits
+
+    def quantize(self, method: str, group_size: int, lm_head: bool) -> int:
+        """Weight-only quantization of every linear layer of the decoder layers, and of the
+        output head if `lm_head` (for tied embeddings a quantized copy of the table; the
+        lookup keeps reading the float table). Returns how many layers were quantized."""
+        count = quantize_linears(self.model.layers, method, group_size)
+        if lm_head:
+            head = self.lm_head if self.lm_head is not None else self.model.embed_tokens
+            self.lm_head = quantize_linear(head, method, group_size)
+            count += 1
+        return count
 
     def pack_for_onednn(self) -> int:
         """CPU bf16: every linear layer, and the output head (for tied embeddings a reordered

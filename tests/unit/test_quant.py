@@ -1,0 +1,76 @@
+"""Weight-only quantized linears (runtime/layers/quant.py) against float64 references."""
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+from runtime.layers import quant
+from runtime.layers.quant import Int4Linear, Int8Linear
+
+# bf16 activations and outputs: the kernels' error vs the float64 product of the same
+# quantized weight, relative to the output's largest entry (fp32 inputs: far tighter)
+TOLERANCE = {torch.bfloat16: 2e-2, torch.float32: 1e-5}
+
+
+def _weight(out_features=96, in_features=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(out_features, in_features, generator=g) * 0.05
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("make", [lambda w, b: Int8Linear.from_float(w, b),
+                                  *[lambda w, b, g=g: Int4Linear.from_float(w, b, g) for g in (32, 64, 128)]],
+                         ids=["int8", "int4-g32", "int4-g64", "int4-g128"])
+@pytest.mark.parametrize("rows", [1, 5, quant.KERNEL_MAX_ROWS, quant.KERNEL_MAX_ROWS + 1, 100])  # kernel / dequantize
+def test_quantized_linear_matches_float64(make, dtype, rows):
+    w, bias = _weight(), torch.randn(96) * 0.1
+    layer = make(w, bias)
+    x = torch.randn(rows, 256)
+    got = layer(x.to(dtype)).double()
+    want = x.to(dtype).double() @ layer.dequantize(torch.float64).T + bias.to(dtype).double()
+    assert got.shape == (rows, 96)
+    assert (got - want).abs().max() <= TOLERANCE[dtype] * want.abs().max()
+
+
+def test_quantization_error_is_half_a_step():
+    """Per channel (int8) or group (int4): no weight is further than half a step from its
+    float value (the step is 1/127 of the row's largest |w|, or 1/15 of the group's range)."""
+    w = _weight()
+    step8 = w.abs().amax(dim=1, keepdim=True) / 127
+    groups = w.reshape(96, -1, 32)
+    step4 = ((groups.amax(-1) - groups.amin(-1)) / 15).repeat_interleave(32, dim=1)
+    for layer, step in ((Int8Linear.from_float(w), step8), (Int4Linear.from_float(w), step4)):
+        err = (layer.dequantize() - w).abs()
+        assert (err <= 0.5 * step * (1 + 1e-5)).all() and err.max() > 0.4 * step.min()
+
+
+def test_int4_packing_round_trips():
+    q = torch.randint(0, 16, (48, 128), dtype=torch.int32)
+    layer = Int4Linear(q, torch.rand(4, 48) + 0.1, torch.randn(4, 48), 32)
+    assert torch.equal(layer.unpacked(), q)
+    # the kernel's own packed copy holds the same values: rows of the identity read W^T back
+    eye = torch.eye(128)
+    assert torch.allclose(layer._kernel(eye[:quant.KERNEL_MAX_ROWS]), layer.dequantize()[:, :quant.KERNEL_MAX_ROWS].T)
+
+
+def test_gguf_q4_1_blocks_come_back_exactly():
+    """A Q4_1 tensor, dequantized by the gguf package to float32 (as the GGUF converter
+    does), re-quantized at group 32: the same weights, bit for bit, in float32."""
+    w = _weight(64, 512).numpy()
+    blocks = gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q4_1)
+    values = torch.from_numpy(np.array(gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType.Q4_1)))
+    layer = Int4Linear.from_float(values, None, 32)
+    assert torch.equal(layer.dequantize(torch.float32), values)
+    # and the block scales are llama.cpp's own: d (fp16) per 32 weights
+    d = torch.from_numpy(blocks.reshape(64, 16, 20)[..., :2].copy().view(np.float16).astype(np.float32))[..., 0]
+    assert torch.equal(layer.scale.T, d)
+
+
+def test_quantize_linears_replaces_every_linear_and_needs_divisible_groups():
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 16, bias=False))
+    assert quant.quantize_linears(model, "int4", 32) == 2
+    assert all(isinstance(m, Int4Linear) for m in (model[0], model[2]))
+    for shape in ((16, 48), (8, 64)):
+        with pytest.raises(ValueError, match="int4 needs a group size"):
+            Int4Linear.from_float(torch.randn(*shape), None, 32)

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("bench", help="benchmarks")
     bench = p.add_subparsers(dest="bench", required=True)
-    from runtime.bench import compare, grammar, offline, prefix, programs, report, roofline, serve, spec
+    from runtime.bench import compare, grammar, offline, prefix, programs, quant, report, roofline, serve, spec
 
     offline.add_parser(bench)
     prefix.add_parser(bench)
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     compare.add_parser(bench)
     roofline.add_parser(bench)
     spec.add_parser(bench)
+    quant.add_parser(bench)
     report.add_parser(bench)
     args = parser.parse_args(argv)
     args.func(args)

@@ -8,7 +8,8 @@ import argparse
 import json
 from pathlib import Path
 
-ORDER = ("compare", "roofline", "serve", "spec", "programs", "prefix", "offline", "grammar")  # sections first to last
+# sections first to last
+ORDER = ("compare", "roofline", "serve", "spec", "quant", "programs", "prefix", "offline", "grammar")
 
 
 def add_parser(sub) -> None:

@@ -4,6 +4,7 @@ forward, logits for the rows that need them, sampling, logprobs."""
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import os
 import time
@@ -50,6 +51,15 @@ def _keep_freed_memory() -> None:
     libc.mallopt(m_trim_threshold, 1 << 30)
 
 
+def _return_freed_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc), e.g. the float32 weights a
+    quantized model was made from: with the trim threshold above they would stay resident."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class ModelRunner:
     def __init__(self, cfg: EngineConfig, model_path: str) -> None:
         self.cfg = cfg
@@ -92,6 +102,8 @@ class ModelRunner:
         logger.info("%d linear layers quantized to %s", count, cfg.quantization)
         for param in model.parameters():  # embeddings, norms, biases (the rotary tables stay float32)
             param.data = param.data.to(self.dtype)
+        gc.collect()
+        _return_freed_memory()
         return model
 
     def _use_onednn(self) -> bool:

@@ -1,10 +1,14 @@
 """Weight-only quantized linear layers for CPU decoding (int8 per channel, int4 per group).
 
 Decode reads every weight once per step, so on CPU its time follows the weights' bytes.
-Two layouts, each run by a torch CPU kernel at decode sizes and by dequantize-then-matmul
-above KERNEL_MAX_ROWS rows (the kernels' time grows with the rows much faster than a
-matmul's: measured on this CPU, `_weight_int4pack_mm_for_cpu` on a [3072, 576] weight
-took 85 us at 1 row and 750 us at 16, bf16 oneDNN 270 us and 170 us):
+Two layouts, each run by a torch CPU kernel up to KERNEL_MAX_ROWS rows and by
+dequantize-then-matmul above. The kernels' time grows with the rows much faster than a
+matmul's (`radixflow bench quant` records it per shape; on this CPU, 2 threads, a
+[3072, 576] weight: int4 kernel 44 us at 1 row and 617 us at 32, dequantize + matmul
+~2.5 ms at any rows, bf16 oneDNN 58 us and 91 us). Up to 32 rows the kernel wins for
+nearly every shape, and 32 is also the most tokens a decode or verify step carries
+(speculative.STEP_TOKEN_BUDGET): those steps always take the same path, so a verified
+token gets the bits a decode step would give it.
 
   int8: w[n, k] = q[n, k] * scale[n]            q int8 in [-127, 127], symmetric per output row
         kernel `aten._weight_int8pack_mm(x, q, scale)`
@@ -29,7 +33,7 @@ from torch import nn
 
 from runtime.config import INT4_GROUP_SIZES, QUANTIZATIONS
 
-KERNEL_MAX_ROWS = 32  # rows up to which the quantized kernel beats dequantize + matmul
+KERNEL_MAX_ROWS = 32  # rows up to which the kernel runs (decode and verify steps); prefill dequantizes
 INT4_INNER_K_TILES = 2
 
 
@@ -41,10 +45,11 @@ class QuantizedLinear(nn.Module):
         self.out_features, self.in_features = out_features, in_features
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self._dtype: torch.dtype | None = None  # activation dtype the kernel scales are cast to
+        self.kernel_max_rows = KERNEL_MAX_ROWS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        if flat.shape[0] <= KERNEL_MAX_ROWS:
+        if flat.shape[0] <= self.kernel_max_rows:
             if self._dtype != x.dtype:
                 self._cast_scales(x.dtype)
                 self._dtype = x.dtype
@@ -56,7 +61,8 @@ class QuantizedLinear(nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The weight [out, in] these layers compute with."""
+        """The weight [out, in], computed in float32 and rounded once to `dtype` (a GGUF
+        Q4_1 tensor at group 32 then gives exactly the unquantized checkpoint's weights)."""
         raise NotImplementedError
 
     def _kernel(self, x: torch.Tensor) -> torch.Tensor:
@@ -67,6 +73,10 @@ class QuantizedLinear(nn.Module):
 
     def weight_bytes(self) -> int:
         """Bytes of the quantized weight and its scales (what a decode step reads)."""
+        raise NotImplementedError
+
+    def storage_bytes(self) -> int:
+        """Bytes held in memory for this layer's weight."""
         raise NotImplementedError
 
 
@@ -86,7 +96,7 @@ class Int8Linear(QuantizedLinear):
         return cls(q, scale, bias)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return self.q.to(dtype) * self.scale.to(dtype)[:, None]
+        return (self.q.float() * self.scale[:, None]).to(dtype)
 
     def _cast_scales(self, dtype: torch.dtype) -> None:
         self._kernel_scale = self.scale.to(dtype)
@@ -96,6 +106,9 @@ class Int8Linear(QuantizedLinear):
 
     def weight_bytes(self) -> int:
         return self.q.numel() + 4 * self.scale.numel()
+
+    def storage_bytes(self) -> int:
+        return self.weight_bytes()
 
 
 class Int4Linear(QuantizedLinear):
@@ -108,10 +121,13 @@ class Int4Linear(QuantizedLinear):
         self.group_size = group_size
         q = q.to(torch.int32)
         self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, INT4_INNER_K_TILES)
-        self.nibbles = (q[:, 0::2] | (q[:, 1::2] << 4)).to(torch.uint8)  # [out, in / 2]
+        self.nibbles = None  # our own copy of q, only where the kernel's layout is not the one we read
+        if not torch.equal(self.unpacked().to(torch.int32), q):
+            self.nibbles = (q[:, 0::2] | (q[:, 1::2] << 4)).to(torch.uint8)  # [out, in / 2]
         self.scale = scale.float().contiguous()
         self.zero = zero.float().contiguous()
         self._scale_zero = torch.stack((self.scale, self.zero), dim=-1)
+        self._offset = (self.zero.T - 8 * self.scale.T)[..., None]  # [out, groups, 1]
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, group_size: int = 32) -> Int4Linear:
@@ -125,15 +141,28 @@ class Int4Linear(QuantizedLinear):
         return cls(q, scale.T, (lo + 8 * scale).T, group_size, bias)
 
     def unpacked(self) -> torch.Tensor:
-        """q as int32 [out, in]."""
-        n = self.nibbles.to(torch.int32)
-        return torch.stack((n & 15, n >> 4), dim=-1).reshape(self.out_features, self.in_features)
+        """q as uint8 [out, in], written through strided views (~5x faster than a stack).
+        The kernel's packed weight (torch 2.13, N a multiple of 64), viewed as bytes
+        [out / 64, in, 32]: byte j of a block holds row j (low nibble) and row j + 32 (high)."""
+        n, k = self.out_features, self.in_features
+        if self.nibbles is not None:
+            q = torch.empty(n, k // 2, 2, dtype=torch.uint8)
+            torch.bitwise_and(self.nibbles, 15, out=q[..., 0])
+            torch.bitwise_right_shift(self.nibbles, 4, out=q[..., 1])
+            return q.view(n, k)
+        if n % 64 or self.packed.numel() != n * k // 2:
+            return torch.full((n, k), 255, dtype=torch.uint8)  # not a layout we read: the caller keeps nibbles
+        blocks = self.packed.view(torch.uint8).view(n // 64, k, 32).transpose(1, 2)  # [out / 64, 32, in]
+        q = torch.empty(n // 64, 2, 32, k, dtype=torch.uint8)
+        torch.bitwise_and(blocks, 15, out=q[:, 0])
+        torch.bitwise_right_shift(blocks, 4, out=q[:, 1])
+        return q.view(n, k)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         g = self.group_size
-        q = self.unpacked().to(dtype).reshape(self.out_features, self.in_features // g, g)
-        w = (q - 8) * self.scale.T.to(dtype)[..., None] + self.zero.T.to(dtype)[..., None]
-        return w.reshape(self.out_features, self.in_features)
+        q = self.unpacked().view(self.out_features, self.in_features // g, g).float()
+        w = q * self.scale.T[..., None] + self._offset  # w = q s + (z - 8 s)
+        return w.view(self.out_features, self.in_features).to(dtype)
 
     def _cast_scales(self, dtype: torch.dtype) -> None:
         self._scale_zero = torch.stack((self.scale, self.zero), dim=-1).to(dtype)
@@ -143,6 +172,11 @@ class Int4Linear(QuantizedLinear):
 
     def weight_bytes(self) -> int:
         return self.packed.numel() + 8 * self.scale.numel()
+
+    def storage_bytes(self) -> int:
+        """Everything held: the kernel's packed weight (+ our own nibbles where needed), scales."""
+        nibbles = 0 if self.nibbles is None else self.nibbles.numel()
+        return self.packed.numel() + nibbles + 16 * self.scale.numel()
 
 
 def _check_int4_shape(out_features: int, in_features: int, group_size: int) -> None:

@@ -105,10 +105,10 @@ class Int8Linear(QuantizedLinear):
         return torch.ops.aten._weight_int8pack_mm(x, self.q, self._kernel_scale)
 
     def weight_bytes(self) -> int:
-        return self.q.numel() + 4 * self.scale.numel()
+        return self.q.numel() + self._kernel_scale.numel() * self._kernel_scale.element_size()
 
     def storage_bytes(self) -> int:
-        return self.weight_bytes()
+        return self.weight_bytes() + (4 * self.scale.numel() if self._kernel_scale is not self.scale else 0)
 
 
 class Int4Linear(QuantizedLinear):
@@ -127,7 +127,6 @@ class Int4Linear(QuantizedLinear):
         self.scale = scale.float().contiguous()
         self.zero = zero.float().contiguous()
         self._scale_zero = torch.stack((self.scale, self.zero), dim=-1)
-        self._offset = (self.zero.T - 8 * self.scale.T)[..., None]  # [out, groups, 1]
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, group_size: int = 32) -> Int4Linear:
@@ -161,7 +160,8 @@ class Int4Linear(QuantizedLinear):
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         g = self.group_size
         q = self.unpacked().view(self.out_features, self.in_features // g, g).float()
-        w = q * self.scale.T[..., None] + self._offset  # w = q s + (z - 8 s)
+        s = self.scale.T[..., None]  # [out, groups, 1]
+        w = q * s + (self.zero.T[..., None] - 8 * s)  # w = q s + (z - 8 s)
         return w.view(self.out_features, self.in_features).to(dtype)
 
     def _cast_scales(self, dtype: torch.dtype) -> None:
@@ -171,12 +171,12 @@ class Int4Linear(QuantizedLinear):
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, self.group_size, self._scale_zero)
 
     def weight_bytes(self) -> int:
-        return self.packed.numel() + 8 * self.scale.numel()
+        return self.packed.numel() + self._scale_zero.numel() * self._scale_zero.element_size()
 
     def storage_bytes(self) -> int:
-        """Everything held: the kernel's packed weight (+ our own nibbles where needed), scales."""
+        """Everything held: what the kernel reads, our own nibbles where needed, float32 scales."""
         nibbles = 0 if self.nibbles is None else self.nibbles.numel()
-        return self.packed.numel() + nibbles + 16 * self.scale.numel()
+        return self.weight_bytes() + nibbles + 8 * self.scale.numel()
 
 
 def _check_int4_shape(out_features: int, in_features: int, group_size: int) -> None:

@@ -1,6 +1,7 @@
 """Answer quality on the real default model, SmolLM2-135M-Instruct (bf16, greedy), through
 the offline Engine: facts, JSON-schema extraction from a passage, and a multi-turn chat
-whose second turn refers to the first and reads it from the radix cache."""
+whose second turn refers to the first and reads it from the radix cache — unquantized
+and with int8 / int4 weights."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import runtime
 from runtime.models.resolve import DEFAULT_MODEL_NAME
 
 
-@pytest.fixture(scope="module")
-def engine():
-    eng = runtime.Engine()  # no model path: the default model
+@pytest.fixture(scope="module", params=["none", "int8", "int4"])
+def engine(request):
+    eng = runtime.Engine(quantization=request.param)  # no model path: the default model
     yield eng
     eng.shutdown()
 

@@ -142,8 +142,9 @@ class EngineConfig:
                                         "quant.py): int8 per channel or int4 per group", QUANTIZATIONS)
     quantization_group_size: int = _option(32, "int4: weights per scale (32 matches GGUF Q4_0/Q4_1 blocks)",
                                            INT4_GROUP_SIZES)
-    quantize_lm_head: bool = _option(False, "quantize the output head too (with tied embeddings a quantized "
-                                            "copy; the embedding lookup stays in float)")
+    lm_head_quantization: str = _option("none", "quantization of the output head, on its own (int8 keeps more "
+                                                "quality; with tied embeddings a quantized copy, the lookup stays "
+                                                "in float)", QUANTIZATIONS)
     extra: dict = field(default_factory=dict)  # bench/test switches (e.g. record_step_times); no flag
 
     def __post_init__(self) -> None:

@@ -30,7 +30,8 @@ CONFIGS = {  # label -> engine options
     "none": {},
     "int8": {"quantization": "int8"},
     "int4": {"quantization": "int4"},
-    "int4+head": {"quantization": "int4", "quantize_lm_head": True},
+    "int4+head8": {"quantization": "int4", "lm_head_quantization": "int8"},
+    "int4+head4": {"quantization": "int4", "lm_head_quantization": "int4"},
 }
 FLOORS = {"int8": (1.3, 0.97), "int4": (1.6, 0.90)}  # (decode speed-up at batch 1, top-1 agreement)
 KERNEL_ROWS = (1, 4, 16, 32, 128)
@@ -83,12 +84,12 @@ def hf_model(checkpoint: str, dtype: torch.dtype, options: dict):
     from runtime.layers.quant import QuantizedLinear, quantize_linear, quantize_linears
 
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
-    method = options.get("quantization", "none")
+    method, head = options.get("quantization", "none"), options.get("lm_head_quantization", "none")
+    group = options.get("quantization_group_size", 32)
     if method != "none":
-        group = options.get("quantization_group_size", 32)
         quantize_linears(model.model.layers, method, group)
-        if options.get("quantize_lm_head"):
-            model.lm_head = quantize_linear(model.lm_head, method, group)
+    if head != "none":
+        model.lm_head = quantize_linear(model.lm_head, head, group)
     for param in model.parameters():
         param.data = param.data.to(dtype)
     for layer in model.modules():

@@ -71,7 +71,7 @@ class ModelRunner:
         self.model_config = ModelConfig.from_hf(model_path)
         mc = self.model_config
         self.dtype = cfg.resolved_dtype(mc)
-        if cfg.quantization == "none":
+        if cfg.quantization == cfg.lm_head_quantization == "none":
             self.model = load_model(model_path, mc, self.dtype, self.device)
         else:
             self.model = self._load_quantized(model_path)
@@ -98,8 +98,8 @@ class ModelRunner:
             raise ValueError(f"--quantization {cfg.quantization} runs on CPU only (its kernels are torch's CPU "
                              f"ones); this engine is on {self.device}")
         model = load_model(model_path, self.model_config, torch.float32, self.device)
-        count = model.quantize(cfg.quantization, cfg.quantization_group_size, cfg.quantize_lm_head)
-        logger.info("%d linear layers quantized to %s", count, cfg.quantization)
+        count = model.quantize(cfg.quantization, cfg.quantization_group_size, cfg.lm_head_quantization)
+        logger.info("%d linear layers quantized (%s; head %s)", count, cfg.quantization, cfg.lm_head_quantization)
         for param in model.parameters():  # embeddings, norms, biases (the rotary tables stay float32)
             param.data = param.data.to(self.dtype)
         gc.collect()

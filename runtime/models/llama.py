@@ -114,14 +114,14 @@ class LlamaForCausalLM(nn.Module):
         logits = F.linear(hidden, self.model.embed_tokens.weight) if self.lm_head is None else self.lm_head(hidden)
         return logits.float() if float32 else logits
 
-    def quantize(self, method: str, group_size: int, lm_head: bool) -> int:
-        """Weight-only quantization of every linear layer of the decoder layers, and of the
-        output head if `lm_head` (for tied embeddings a quantized copy of the table; the
-        lookup keeps reading the float table). Returns how many layers were quantized."""
-        count = quantize_linears(self.model.layers, method, group_size)
-        if lm_head:
+    def quantize(self, method: str, group_size: int, lm_head_method: str = "none") -> int:
+        """Weight-only quantization of every linear layer of the decoder layers (`method`)
+        and of the output head (`lm_head_method`; for tied embeddings a quantized copy of
+        the table, the lookup keeps reading the float table). Returns how many layers."""
+        count = quantize_linears(self.model.layers, method, group_size) if method != "none" else 0
+        if lm_head_method != "none":
             head = self.lm_head if self.lm_head is not None else self.model.embed_tokens
-            self.lm_head = quantize_linear(head, method, group_size)
+            self.lm_head = quantize_linear(head, lm_head_method, group_size)
             count += 1
         return count
 

@@ -10,7 +10,7 @@ from tests.helpers import make_core, random_prompts, run_core
 
 GREEDY = {"max_new_tokens": 24, "temperature": 0.0, "ignore_eos": True}
 METHODS = {"int8": {"quantization": "int8"}, "int4": {"quantization": "int4"},
-           "int4-g128-head": {"quantization": "int4", "quantization_group_size": 128, "quantize_lm_head": True}}
+           "int4-g128-head8": {"quantization": "int4", "quantization_group_size": 128, "lm_head_quantization": "int8"}}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_quantized_batches_match_one_at_a_time(path, alone, options):
 
 
 def test_layers_are_quantized_and_smaller(path):
-    float_core, int4_core = make_core(path), make_core(path, quantization="int4", quantize_lm_head=True)
+    float_core, int4_core = make_core(path), make_core(path, quantization="int4", lm_head_quantization="int4")
     model = int4_core.runner.model
     layers = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
     assert len(layers) == 4 * 4 + 1 and all(isinstance(m, Int4Linear) for m in layers)  # qkv, o, gate_up, down; head
@@ -52,6 +52,9 @@ def test_layers_are_quantized_and_smaller(path):
     assert int4_bytes <= float_bytes * 6 / 32  # 4 bits + a float32 scale and zero per 32 weights, vs 32 bits
     int8 = make_core(path, quantization="int8").runner.model
     assert not isinstance(int8.lm_head, QuantizedLinear) and isinstance(int8.model.layers[0].mlp.down_proj, Int8Linear)
+    head_only = make_core(path, lm_head_quantization="int8").runner.model
+    assert isinstance(head_only.lm_head, Int8Linear) and \
+        not any(isinstance(m, QuantizedLinear) for m in head_only.model.layers.modules())
 
 
 def test_bad_quantization_options_are_refused(path):

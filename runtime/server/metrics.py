@@ -42,6 +42,11 @@ class ServerMetrics:
         self.num_requests_in_flight = gauge("num_requests_in_flight", "Engine requests admitted by the server")
         self.token_usage = gauge("token_usage", "Fraction of KV-pool tokens held by requests or locked")
         self.cache_hit_rate = gauge("cache_hit_rate", "Prompt tokens served from the prefix cache / prompt tokens")
+        # speculative decoding (grammar drafts included), counted by the engine since it started
+        self.spec_verify_steps = gauge("spec_verify_steps", "Steps that verified drafts, since the engine started")
+        self.spec_draft_tokens = gauge("spec_draft_tokens", "Draft tokens verified, since the engine started")
+        self.spec_accepted_tokens = gauge("spec_accepted_tokens", "Draft tokens kept, since the engine started")
+        self.spec_acceptance_rate = gauge("spec_acceptance_rate", "Draft tokens kept / draft tokens verified")
         self.prompt_tokens = counter("prompt_tokens", "Prompt tokens of finished requests")
         self.generation_tokens = counter("generation_tokens", "Generated tokens of finished requests")
         self.cached_tokens = counter("cached_tokens", "Prompt tokens served from the prefix cache")
@@ -72,6 +77,11 @@ class ServerMetrics:
         self.token_usage.set(max(0.0, (total - free) / total))
         prompt = info.get("prompt_tokens", 0)
         self.cache_hit_rate.set(info.get("cached_tokens", 0) / prompt if prompt else 0.0)
+        drafted, kept = info.get("draft_tokens", 0), info.get("accepted_draft_tokens", 0)
+        self.spec_verify_steps.set(info.get("verify_steps", 0))
+        self.spec_draft_tokens.set(drafted)
+        self.spec_accepted_tokens.set(kept)
+        self.spec_acceptance_rate.set(kept / drafted if drafted else 0.0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

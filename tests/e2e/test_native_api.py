@@ -89,9 +89,18 @@ def test_flush_cache_and_health(http):
 def test_metrics(http):
     http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}], "max_tokens": 2,
                                             "stream": True})
+    schema = {"type": "object", "properties": {"first_name": {"type": "string"}, "last_name": {"type": "string"}},
+              "required": ["first_name", "last_name"], "additionalProperties": False}
+    http.post("/v1/chat/completions", json={  # the grammar forces the keys: drafted and verified (jump-forward)
+        "messages": [{"role": "user", "content": "x"}], "max_tokens": 40,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": schema}}})
     body = http.get("/metrics").text
     for name in ("radixflow:num_requests_running", "radixflow:num_requests_waiting", "radixflow:token_usage",
                  "radixflow:cache_hit_rate", "radixflow:prompt_tokens_total", "radixflow:generation_tokens_total",
                  "radixflow:time_to_first_token_seconds_bucket", "radixflow:inter_token_latency_seconds_bucket",
-                 "radixflow:e2e_request_latency_seconds_bucket"):
+                 "radixflow:e2e_request_latency_seconds_bucket", "radixflow:spec_verify_steps"):
         assert name in body, name
+    values = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+              if line.startswith("radixflow:spec_")}
+    assert values["radixflow:spec_draft_tokens"] >= values["radixflow:spec_accepted_tokens"] > 0, values
+    assert 0 < values["radixflow:spec_acceptance_rate"] <= 1

@@ -145,6 +145,8 @@ class EngineConfig:
     lm_head_quantization: str = _option("none", "quantization of the output head, on its own (int8 keeps more "
                                                 "quality; with tied embeddings a quantized copy, the lookup stays "
                                                 "in float)", QUANTIZATIONS)
+    kv_cache_dtype: str = _option("auto", "KV cache storage: auto (the model dtype) or int8 (per token and head "
+                                          "scales: about half the memory of bf16)", ("auto", "int8"))
     extra: dict = field(default_factory=dict)  # bench/test switches (e.g. record_step_times); no flag
 
     def __post_init__(self) -> None:

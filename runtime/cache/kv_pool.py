@@ -13,7 +13,7 @@ import torch
 
 class KVPool:
     def __init__(self, num_layers: int, num_slots: int, num_kv_heads: int, head_dim: int,
-                 dtype: torch.dtype, device: str, page_size: int = 1) -> None:
+                 dtype: torch.dtype, device: str, page_size: int = 1, int8: bool = False) -> None:
         if num_slots < 2 * page_size:
             raise ValueError(f"KV pool of {num_slots} slots is too small for page_size {page_size}")
         self.page_size = page_size
@@ -23,13 +23,51 @@ class KVPool:
         # B requests' slots is already [Hkv, B, max_kv, D] for batched matmuls on CPU.
         # Left uninitialised (untouched pages cost no RAM) except the padding page, which
         # masked reads may touch: it must hold finite values so that 0-weight * value stays 0.
+        # int8: each (head, token) vector stored as int8 with a float32 scale [num_kv_heads, num_slots]
+        # (its largest |value| / 127), dequantized to `dtype` where attention reads it.
         shape = (num_kv_heads, self.num_slots, head_dim)
-        self.k_buffers = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.v_buffers = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        store = torch.int8 if int8 else dtype
+        self.k_buffers = [torch.empty(shape, dtype=store, device=device) for _ in range(num_layers)]
+        self.v_buffers = [torch.empty(shape, dtype=store, device=device) for _ in range(num_layers)]
+        self.k_scales = [torch.zeros(shape[:2], device=device) for _ in range(num_layers)] if int8 else None
+        self.v_scales = [torch.zeros(shape[:2], device=device) for _ in range(num_layers)] if int8 else None
         for buf in self.k_buffers + self.v_buffers:
             buf[:, :page_size].zero_()
-        self.device = device
+        self.dtype, self.head_dim, self.device = dtype, head_dim, device
         self.clear()
+
+    @staticmethod
+    def bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, int8: bool) -> int:
+        per_vector = head_dim + 4 if int8 else head_dim * torch.finfo(dtype).bits // 8  # int8: + its scale
+        return 2 * num_layers * num_kv_heads * per_vector
+
+    # ---- K/V reads and writes ----------------------------------------------------
+    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v: [T, Hkv, D] of the tokens at `slots` [T]."""
+        for buffers, scales, x in ((self.k_buffers, self.k_scales, k), (self.v_buffers, self.v_scales, v)):
+            x = x.transpose(0, 1)  # [Hkv, T, D]
+            if scales is None:
+                buffers[layer].index_copy_(1, slots, x)
+                continue
+            scale = x.abs().amax(dim=-1).float().clamp_min(1e-12) / 127  # [Hkv, T]
+            buffers[layer].index_copy_(1, slots, torch.round(x.float() / scale[..., None]).to(torch.int8))
+            scales[layer].index_copy_(1, slots, scale)
+
+    def rows(self, layer: int, value: bool, rows: torch.Tensor) -> torch.Tensor:
+        """K (or V) vectors [N, D] at flat rows head * num_slots + slot, in `dtype`."""
+        out = (self.v_buffers if value else self.k_buffers)[layer].view(-1, self.head_dim).index_select(0, rows)
+        scales = self.v_scales if value else self.k_scales
+        if scales is None:
+            return out
+        return out.to(self.dtype) * scales[layer].view(-1).index_select(0, rows)[:, None].to(self.dtype)
+
+    def slot_range(self, layer: int, value: bool, start: int, length: int) -> torch.Tensor:
+        """K (or V) of consecutive slots [Hkv, length, D] in `dtype` (a view when not int8)."""
+        out = (self.v_buffers if value else self.k_buffers)[layer].narrow(1, start, length)
+        scales = self.v_scales if value else self.k_scales
+        if scales is None:
+            return out
+        return out.to(self.dtype) * scales[layer].narrow(1, start, length)[..., None].to(self.dtype)
 
     # ---- allocator -------------------------------------------------------------
     def clear(self) -> None:

@@ -82,7 +82,7 @@ class ModelRunner:
             self.context_len = min(self.context_len, mc.sliding_window)
         num_slots = self._pool_size()
         self.pool = KVPool(mc.num_layers, num_slots, mc.num_kv_heads, mc.head_dim, self.dtype,
-                           self.device, cfg.page_size)
+                           self.device, cfg.page_size, int8=cfg.kv_cache_dtype == "int8")
         self.table = ReqToTokenTable(cfg.max_running_requests, self.context_len, self.device)
         backend = load(ATTENTION_BACKENDS, cfg.resolved_attention_backend(), "attention backend")
         self.attn = backend(self.pool, mc.num_heads, mc.num_kv_heads, mc.head_dim)
@@ -117,7 +117,8 @@ class ModelRunner:
         if self.cfg.max_total_tokens:
             return self.cfg.max_total_tokens + self.cfg.page_size  # + the reserved padding page
         mc = self.model_config
-        bytes_per_token = 2 * mc.num_layers * mc.num_kv_heads * mc.head_dim * torch.finfo(self.dtype).bits // 8
+        bytes_per_token = KVPool.bytes_per_token(mc.num_layers, mc.num_kv_heads, mc.head_dim, self.dtype,
+                                                 self.cfg.kv_cache_dtype == "int8")
         if self.device == "cuda":
             free, _ = torch.cuda.mem_get_info()
             return int(free * self.cfg.mem_fraction) // bytes_per_token

@@ -117,10 +117,6 @@ class TorchNativeBackend(AttentionBackend):
         heads = torch.arange(self.num_kv_heads, dtype=torch.int64, device=slots.device)[:, None] * self.pool.num_slots
         return (heads + slots[None, :]).reshape(-1)
 
-    def _gather(self, buffer: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """buffer [Hkv, slots, D], rows from _buffer_rows -> [Hkv * N, D]."""
-        return buffer.view(-1, self.head_dim).index_select(0, rows)
-
     def _decode_metadata(self, kv_indices: torch.Tensor, kv_lens: torch.Tensor, device,
                          num_requests: int | None = None) -> PaddedMetadata:
         """kv_indices: int64 [B, max_kv]; kv_lens: int64 [B] (each row's KV, its new token
@@ -147,20 +143,19 @@ class TorchNativeBackend(AttentionBackend):
 
     def forward(self, q, k, v, layer_id, fb):
         pool, md = self.pool, fb.attn_metadata
-        pool.k_buffers[layer_id].index_copy_(1, fb.out_cache_loc, k.transpose(0, 1))
-        pool.v_buffers[layer_id].index_copy_(1, fb.out_cache_loc, v.transpose(0, 1))
+        pool.write(layer_id, fb.out_cache_loc, k, v)
         hkv = self.num_kv_heads
         b = q.shape[0] if md.decode_bias is not None else fb.batch_size  # decode rows: one per token
-        keys = self._gather(pool.k_buffers[layer_id], md.kv_flat).view(hkv, b, md.max_kv, -1)
-        values = self._gather(pool.v_buffers[layer_id], md.kv_flat).view(hkv, b, md.max_kv, -1)
+        keys = pool.rows(layer_id, False, md.kv_flat).view(hkv, b, md.max_kv, -1)
+        values = pool.rows(layer_id, True, md.kv_flat).view(hkv, b, md.max_kv, -1)
         if md.decode_bias is not None:
             if md.shared_slots is not None:
-                k_buf, v_buf = pool.k_buffers[layer_id], pool.v_buffers[layer_id]
                 if md.shared_range is not None:
-                    shared = (k_buf.narrow(1, *md.shared_range), v_buf.narrow(1, *md.shared_range))
+                    shared = (pool.slot_range(layer_id, False, *md.shared_range),
+                              pool.slot_range(layer_id, True, *md.shared_range))
                 else:
-                    shared = (self._gather(k_buf, md.shared_slots).view(hkv, -1, self.head_dim),
-                              self._gather(v_buf, md.shared_slots).view(hkv, -1, self.head_dim))
+                    shared = (pool.rows(layer_id, False, md.shared_slots).view(hkv, -1, self.head_dim),
+                              pool.rows(layer_id, True, md.shared_slots).view(hkv, -1, self.head_dim))
                 return self._decode_cascade(q, shared, keys, values, md.decode_bias)  # shared: [Hkv, S, D] each
             return self._decode(q, keys, values, md.decode_bias)
         max_q = len(md.q_index) // b

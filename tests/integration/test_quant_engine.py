@@ -1,6 +1,7 @@
-"""The engine with weight-only quantization (tiny random model, real tokenizer): batching,
-chunked prefill, the radix cache and paging give the same greedy tokens as the same
-quantized model run one request at a time, and the layers really are quantized."""
+"""The engine with weight-only quantization and the int8 KV cache (tiny random model, real
+tokenizer): batching, chunked prefill, the radix cache and paging give the same greedy
+tokens as the same quantized model run one request at a time, and the layers really are
+quantized."""
 
 import pytest
 
@@ -10,7 +11,8 @@ from tests.helpers import make_core, random_prompts, run_core
 
 GREEDY = {"max_new_tokens": 24, "temperature": 0.0, "ignore_eos": True}
 METHODS = {"int8": {"quantization": "int8"}, "int4": {"quantization": "int4"},
-           "int4-g128-head8": {"quantization": "int4", "quantization_group_size": 128, "lm_head_quantization": "int8"}}
+           "int4-g128-head8": {"quantization": "int4", "quantization_group_size": 128, "lm_head_quantization": "int8"},
+           "kv-int8": {"kv_cache_dtype": "int8"}}
 
 
 @pytest.fixture(scope="module")

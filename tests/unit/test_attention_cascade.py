@@ -48,8 +48,8 @@ def test_cascade_equals_plain_decode(heads, kv_heads):
     assert attn._decode_metadata(scattered, lens, "cpu").shared_range is None
     q = torch.randn(len(tails), heads, dim, dtype=torch.float64)
     buffers = (pool.k_buffers[0], pool.v_buffers[0])
-    gather = [attn._gather(b, md.kv_flat).view(kv_heads, len(tails), md.max_kv, dim) for b in buffers]
-    shared_kv = tuple(attn._gather(b, md.shared_slots).view(kv_heads, shared, dim) for b in buffers)
+    gather = [pool.rows(0, value, md.kv_flat).view(kv_heads, len(tails), md.max_kv, dim) for value in (False, True)]
+    shared_kv = tuple(pool.rows(0, value, md.shared_slots).view(kv_heads, shared, dim) for value in (False, True))
     assert torch.equal(shared_kv[0], buffers[0].narrow(1, *md.shared_range))  # the in-place view reads the same
     got = attn._decode_cascade(q, shared_kv, *gather, md.decode_bias)
     # the plain path over each request's whole KV

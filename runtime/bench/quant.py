@@ -84,15 +84,13 @@ def hf_model(checkpoint: str, dtype: torch.dtype, options: dict):
     quantized kernels, as decode steps do (prefill's dequantized weights are closer)."""
     from transformers import AutoModelForCausalLM
 
-    from runtime.layers.quant import QuantizedLinear, quantize_linear, quantize_linears
+    from runtime.layers.quant import QuantizedLinear, quantize_decoder
 
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
-    method, head = options.get("quantization", "none"), options.get("lm_head_quantization", "none")
-    group = options.get("quantization_group_size", 32)
-    if method != "none":
-        quantize_linears(model.model.layers, method, group)
-    if head != "none":
-        model.lm_head = quantize_linear(model.lm_head, head, group)
+    _, head = quantize_decoder(model.model.layers, model.lm_head, options.get("quantization", "none"),
+                               options.get("quantization_group_size", 32), options.get("lm_head_quantization", "none"))
+    if head is not None:
+        model.lm_head = head
     for param in model.parameters():
         param.data = param.data.to(dtype)
     for layer in model.modules():
@@ -304,8 +302,11 @@ def markdown(report: dict) -> str:
         q = report["quality"].get(label)
         g = report["greedy"][label]
         s1, s16 = report["speed"]["1"][label], report["speed"]["16"][label]
-        kl = "n/a (engine only)" if q and q["mean_kl"] is None else q and q["mean_kl"]
-        quality = f"{kl} | {q['top1_agreement']:.2%}" if q else "(reference) | (reference)"
+        if q is None:
+            quality = "(reference) | (reference)"
+        else:
+            kl = "n/a (engine only)" if q["mean_kl"] is None else q["mean_kl"]
+            quality = f"{kl} | {q['top1_agreement']:.2%}"
         lines.append(f"| {label} | {quality} | {g['identical']}/{g['of']} | {s1['tokens_per_s']} "
                      f"({s1['speedup']}x) | {s16['tokens_per_s']} ({s16['speedup']}x) | "
                      f"{report['weight_mib'][label]} | {report['resident_mib'][label]} |")
@@ -320,7 +321,6 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['layer']} | {r['shape'][0]}x{r['shape'][1]} | {r['rows']} | {r['bf16_us']} | "
                      f"{r['int8_kernel_us']} | {r['int8_dequant_us']} | {r['int4_kernel_us']} | "
                      f"{r['int4_dequant_us']} |")
-    lines += ["", "| floor | reached | met |", "|---|---|---|"]
-    lines += [f"| {f['what']}: >= {f['floor']} | {f['reached']} | {'yes' if f['met'] else 'no'} |"
-              for f in report["floors"]]
-    return "\n".join(lines)
+    from runtime.bench.results import floors_markdown
+
+    return "\n".join(lines + floors_markdown(report["floors"]))

@@ -51,6 +51,13 @@ def header(name: str, args: argparse.Namespace, *packages: str) -> dict:
             "versions": versions(*packages)}
 
 
+def floors_markdown(floors: list[dict], unit: str = "") -> list[str]:
+    """Markdown lines of a benchmark's floors ({"what", "floor", "reached", "met"} each)."""
+    rows = [f"| {f['what']}: >= {f['floor']}{unit} | {f['reached']}{unit} | {'yes' if f['met'] else 'no'} |"
+            for f in floors]
+    return ["", "| floor | reached | met |", "|---|---|---|", *rows]
+
+
 def write(json_path: str | Path, report: dict, markdown: str | None = None) -> list[Path]:
     """The JSON file, and the markdown next to it (same name, .md) starting with the command."""
     path = Path(json_path)

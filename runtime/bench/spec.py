@@ -167,7 +167,6 @@ def markdown(report: dict) -> str:
                 accepted = f", {c['mean_accepted_len']} tok/step" if c["mean_accepted_len"] else ""
                 parts.append(f"{c['tokens_per_s']} (**{c['speedup']}x**{accepted}, {c['identical']}/{c['of']})")
             lines.append(f"| {workload} | {b} | " + " | ".join(parts) + " |")
-    lines += ["", "| floor | reached | met |", "|---|---|---|"]
-    lines += [f"| {f['what']}: >= {f['floor']}x | {f['reached']}x | {'yes' if f['met'] else 'no'} |"
-              for f in report["floors"]]
-    return "\n".join(lines)
+    from runtime.bench.results import floors_markdown
+
+    return "\n".join(lines + floors_markdown(report["floors"], "x"))

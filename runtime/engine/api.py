@@ -203,8 +203,7 @@ class Engine:
         submitted = []
         with self._lock:
             rids = [r.rid for r in reqs]
-            dup = next((r for r in rids if r in self._states), None) or \
-                next((r for i, r in enumerate(rids) if r in rids[:i]), None)
+            dup = next((r for i, r in enumerate(rids) if r in self._states or r in rids[:i]), None)
             if dup is not None:
                 raise ValueError(f"duplicate request id {dup!r}")
             for req in reqs:
@@ -250,11 +249,8 @@ class Engine:
             if is_batch or len(groups[0]) > 1:
                 raise ValueError("stream=True takes a single prompt with n=1")
             return self._stream(groups[0][0])
-        flat_states = self._submit([r for group in groups for r in group])
-        results, at = [], 0
-        for group in groups:
-            results.append([self._wait(state, waiter) for state, waiter in flat_states[at:at + len(group)]])
-            at += len(group)
+        submitted = iter(self._submit([r for group in groups for r in group]))
+        results = [[self._wait(*next(submitted)) for _ in group] for group in groups]
         flat = [g[0] if len(g) == 1 else g for g in results]
         return flat if is_batch else flat[0]
 

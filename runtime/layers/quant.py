@@ -195,6 +195,17 @@ def quantize_linear(linear: nn.Module, method: str, group_size: int) -> Quantize
     raise ValueError(f"unknown quantization {method!r}; one of {QUANTIZATIONS}")
 
 
+def quantize_decoder(layers: nn.Module, head: nn.Module, method: str, group_size: int,
+                     head_method: str = "none") -> tuple[int, QuantizedLinear | None]:
+    """Quantize every linear layer under `layers` in place (`method`), and build the output
+    head's quantized form from `head` (an nn.Linear, or the nn.Embedding of a tied head)
+    when `head_method` is not none. Returns (layers quantized, the new head or None)."""
+    count = quantize_linears(layers, method, group_size) if method != "none" else 0
+    if head_method == "none":
+        return count, None
+    return count + 1, quantize_linear(head, head_method, group_size)
+
+
 def quantize_linears(model: nn.Module, method: str, group_size: int = 32) -> int:
     """Replace every nn.Linear under `model` (MergedLinear included) by its quantized
     form; returns how many were replaced."""

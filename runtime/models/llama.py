@@ -16,7 +16,7 @@ from runtime.layers.activation import silu_and_mul
 from runtime.layers.attention import AttentionBackend
 from runtime.layers.linear import MergedLinear, OneDNNLinear, pack_linears_onednn
 from runtime.layers.norm import RMSNorm
-from runtime.layers.quant import quantize_linear, quantize_linears
+from runtime.layers.quant import quantize_decoder
 from runtime.layers.rotary import RotaryEmbedding, apply_rotary
 
 
@@ -118,11 +118,10 @@ class LlamaForCausalLM(nn.Module):
         """Weight-only quantization of every linear layer of the decoder layers (`method`)
         and of the output head (`lm_head_method`; for tied embeddings a quantized copy of
         the table, the lookup keeps reading the float table). Returns how many layers."""
-        count = quantize_linears(self.model.layers, method, group_size) if method != "none" else 0
-        if lm_head_method != "none":
-            head = self.lm_head if self.lm_head is not None else self.model.embed_tokens
-            self.lm_head = quantize_linear(head, lm_head_method, group_size)
-            count += 1
+        head = self.lm_head if self.lm_head is not None else self.model.embed_tokens
+        count, quantized_head = quantize_decoder(self.model.layers, head, method, group_size, lm_head_method)
+        if quantized_head is not None:
+            self.lm_head = quantized_head
         return count
 
     def pack_for_onednn(self) -> int:

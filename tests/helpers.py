@@ -28,6 +28,13 @@ def make_core(model_path, **options):
     return EngineCore(EngineConfig(model_path=str(model_path), **options), str(model_path))
 
 
+def without_step_timing(core):
+    """Stop the drafter's cost model learning from measured step times, so which drafts get
+    verified depends only on the outputs, not on the machine's load (the same drafts every run)."""
+    core.scheduler.drafter.costs.observe = lambda *args, **kwargs: None
+    return core
+
+
 def run_core(core, prompts, params: dict | list[dict], stagger_steps: int = 0, **options) -> dict[str, dict]:
     """Submit prompts (one every `stagger_steps` steps when > 0) and step until all end;
     `options` are RequestOptions fields. Returns rid -> {"output_ids", "finish_reason",

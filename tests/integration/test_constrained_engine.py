@@ -9,7 +9,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from runtime.demo.checkpoint import demo_model_path
-from tests.helpers import make_core, random_prompts, run_core
+from tests.helpers import make_core, random_prompts, run_core, without_step_timing
 
 pytest.importorskip("runtime.constrained")
 
@@ -154,7 +154,7 @@ def test_jump_forward_saves_steps_and_keeps_outputs(path, tok):
     params = {"max_new_tokens": 64, "temperature": 0.0, "json_schema": json.dumps(schema)}
     prompts = random_prompts(lens=(6, 12, 30))
     plain = make_core(path, disable_jump_forward=True)
-    jump = make_core(path)
+    jump = without_step_timing(make_core(path))
     off = run_core(plain, prompts, params)
     on = run_core(jump, prompts, params)
     for rid, text in texts(tok, on).items():

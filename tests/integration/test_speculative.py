@@ -9,7 +9,7 @@ import pytest
 
 from runtime.core import AbortRequest, GenerateRequest, SamplingParams
 from runtime.demo.checkpoint import demo_model_path
-from tests.helpers import make_core, random_prompts, run_core
+from tests.helpers import make_core, random_prompts, run_core, without_step_timing
 
 ALGORITHMS = ("ngram", "suffix", "grammar", "auto")
 ORDER = {"type": "object", "additionalProperties": False,
@@ -60,7 +60,8 @@ def reference(path):
 def test_greedy_outputs_identical(path, reference, algorithm, page_size):
     prompts, params, (first, second) = reference
     assert all(first[r]["output_ids"] == second[r]["output_ids"] for r in first)  # deterministic itself
-    core = make_core(path, speculative_algorithm=algorithm, speculative_num_draft_tokens=5, page_size=page_size)
+    core = without_step_timing(make_core(path, speculative_algorithm=algorithm, speculative_num_draft_tokens=5,
+                                         page_size=page_size))
     for expected in (first, second):  # the second round also has the suffix index and the radix cache warm
         got = run_core(core, prompts, params)
         for rid in expected:
@@ -180,7 +181,8 @@ def test_bf16_batch_outputs_identical_with_a_shared_prefix(path, algorithm):
     anchor = f"r{len(prompts) - 1}"
     runs = {}
     for algo in ("none", algorithm):
-        core = make_core(path, dtype="bfloat16", speculative_algorithm=algo, disable_jump_forward=True)
+        core = without_step_timing(make_core(path, dtype="bfloat16", speculative_algorithm=algo,
+                                             disable_jump_forward=True))
         runs[algo] = [run_core(core, prompts, params) for _ in range(2)]  # round 2: the suffix index is warm
         if algo != "none":
             assert core.scheduler.stats["accepted_draft_tokens"] > 10, core.scheduler.stats

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
+
+if not torch.cuda.is_available():  # Triton kernels (runtime/kernels) run under its interpreter on CPU;
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # read when a kernel is defined, so before any import
 
 
 @pytest.fixture(scope="session")

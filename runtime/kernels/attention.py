@@ -24,7 +24,6 @@ Softmax and accumulation run in float32 whatever the input dtype.
 
 from __future__ import annotations
 
-
 import torch
 import triton
 import triton.language as tl
@@ -244,14 +243,16 @@ def decode_attention(q, k_buf, v_buf, kv_indices, kv_lens, scale: float, shared_
         q, k_buf, v_buf, kv_indices, kv_lens, mid_o, mid_lse,
         q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1), kv_indices.stride(0),
         mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1), scale,
-        G=g, D=d, BLOCK_G=max(16, next_power_of_2(g)), BLOCK_D=block_d, BLOCK_N=block_n, NUM_SPLITS=num_splits, UPCAST=_upcast(q))
+        G=g, D=d, BLOCK_G=max(16, next_power_of_2(g)), BLOCK_D=block_d, BLOCK_N=block_n, NUM_SPLITS=num_splits,
+        UPCAST=_upcast(q))
     if num_shared:
         block_m = 32
         _shared_prefix_kernel[(k_buf.shape[0], triton.cdiv(b * g, block_m), shared_splits)](
             q, k_buf, v_buf, shared_slots.contiguous(), num_shared, b * g, mid_o, mid_lse,
             q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1),
             mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1), scale,
-            num_splits, G=g, D=d, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_N=block_n, NUM_SPLITS=shared_splits, UPCAST=_upcast(q))
+            num_splits, G=g, D=d, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_N=block_n, NUM_SPLITS=shared_splits,
+            UPCAST=_upcast(q))
     _combine_kernel[(b, h)](
         mid_o, mid_lse, out, mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0),
         mid_lse.stride(1), out.stride(0), out.stride(1), D=d, BLOCK_D=block_d, NUM_PARTS=parts,

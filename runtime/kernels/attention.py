@@ -89,6 +89,25 @@ def store_kv_reference(k_buf, v_buf, slots, k, v) -> None:
 
 
 @triton.jit
+def _attend_key_block(q, KBuf, VBuf, slots, valid, head_offset, stride_bs, d, m, total, acc, scale,
+                      D: tl.constexpr, UPCAST: tl.constexpr):
+    """One block of keys (pool slots `slots`, `valid` [BLOCK_N]) into the running softmax of
+    queries q [rows, BLOCK_D]: max m, sum total [rows], unnormalised output acc [rows, BLOCK_D]."""
+    kv_ptr = head_offset + slots[:, None] * stride_bs + d[None, :]
+    kv_mask = valid[:, None] & (d < D)[None, :]
+    k = tl.load(KBuf + kv_ptr, mask=kv_mask, other=0.0)
+    v = tl.load(VBuf + kv_ptr, mask=kv_mask, other=0.0)
+    if UPCAST:
+        k, v = k.to(tl.float32), v.to(tl.float32)
+    s = tl.dot(q, tl.trans(k)) * scale  # [rows, BLOCK_N] float32
+    s = tl.where(valid[None, :], s, float("-inf"))
+    m_new = tl.maximum(m, tl.max(s, 1))
+    p = tl.exp(s - m_new[:, None])
+    alpha = tl.exp(m - m_new)
+    return m_new, total * alpha + tl.sum(p, 1), acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+
+
+@triton.jit
 def _decode_split_kernel(Q, KBuf, VBuf, KvIdx, KvLens, MidO, MidLse,
                          stride_qb, stride_qh, stride_bh, stride_bs, stride_ib,
                          stride_ob, stride_oh, stride_os, stride_lb, stride_lh, scale,
@@ -117,20 +136,8 @@ def _decode_split_kernel(Q, KBuf, VBuf, KvIdx, KvLens, MidO, MidLse,
         offs = n0 + tl.arange(0, BLOCK_N)
         valid = offs < end
         slots = tl.load(KvIdx + b * stride_ib + offs, mask=valid, other=0)
-        kv_ptr = kvh * stride_bh + slots[:, None] * stride_bs + d[None, :]
-        kv_mask = valid[:, None] & (d < D)[None, :]
-        k = tl.load(KBuf + kv_ptr, mask=kv_mask, other=0.0)
-        v = tl.load(VBuf + kv_ptr, mask=kv_mask, other=0.0)
-        if UPCAST:
-            k, v = k.to(tl.float32), v.to(tl.float32)
-        s = tl.dot(q, tl.trans(k)) * scale  # [BLOCK_G, BLOCK_N] float32
-        s = tl.where(valid[None, :], s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 1))
-        p = tl.exp(s - m_new[:, None])
-        alpha = tl.exp(m - m_new)
-        total = total * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m = m_new
+        m, total, acc = _attend_key_block(q, KBuf, VBuf, slots, valid, kvh * stride_bh, stride_bs, d, m, total, acc,
+                                          scale, D, UPCAST)
     nonempty = total > 0
     out = acc / tl.where(nonempty, total, 1.0)[:, None]
     lse = tl.where(nonempty, m + tl.log(tl.where(nonempty, total, 1.0)), float("-inf"))
@@ -169,20 +176,8 @@ def _shared_prefix_kernel(Q, KBuf, VBuf, Shared, num_shared, num_rows, MidO, Mid
         offs = n0 + tl.arange(0, BLOCK_N)
         valid = offs < end
         slots = tl.load(Shared + offs, mask=valid, other=0)
-        kv_ptr = kvh * stride_bh + slots[:, None] * stride_bs + d[None, :]
-        kv_mask = valid[:, None] & (d < D)[None, :]
-        k = tl.load(KBuf + kv_ptr, mask=kv_mask, other=0.0)
-        v = tl.load(VBuf + kv_ptr, mask=kv_mask, other=0.0)
-        if UPCAST:
-            k, v = k.to(tl.float32), v.to(tl.float32)
-        s = tl.dot(q, tl.trans(k)) * scale
-        s = tl.where(valid[None, :], s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 1))
-        p = tl.exp(s - m_new[:, None])
-        alpha = tl.exp(m - m_new)
-        total = total * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m = m_new
+        m, total, acc = _attend_key_block(q, KBuf, VBuf, slots, valid, kvh * stride_bh, stride_bs, d, m, total, acc,
+                                          scale, D, UPCAST)
     nonempty = total > 0
     out = acc / tl.where(nonempty, total, 1.0)[:, None]
     lse = tl.where(nonempty, m + tl.log(tl.where(nonempty, total, 1.0)), float("-inf"))

@@ -19,6 +19,8 @@ PREFIX_CACHES = {  # PrefixCache(pool, page_size=...)
 }
 ATTENTION_BACKENDS = {  # AttentionBackend(pool, num_heads, num_kv_heads, head_dim)
     "torch_native": "runtime.layers.attention:TorchNativeBackend",
+    "triton": "runtime.kernels.backend:TritonBackend",  # CUDA (or CPU under TRITON_INTERPRET=1)
+    "triton-reference": "runtime.kernels.backend:TritonReferenceBackend",  # the kernels' torch references
 }
 GRAMMAR_BACKENDS = {  # GrammarBackend(tokenizer, vocab_size, eos_token_ids, **options)
     "xgrammar": "runtime.constrained.xgrammar_backend:XGrammarBackend",

@@ -121,7 +121,9 @@ class EngineConfig:
     max_queued_requests: int = _option(1024, "waiting requests before new ones are refused (503)")
     schedule_policy: str = _option("lpm", "order of the waiting queue (lpm: longest cached prefix first)",
                                    tuple(SCHEDULE_POLICIES))
-    attention_backend: str = _option("auto", "auto: torch_native", ("auto", *ATTENTION_BACKENDS))
+    attention_backend: str = _option(
+        "auto", "auto: triton on CUDA (torch_native with --kv-cache-dtype int8), torch_native on CPU",
+        ("auto", *ATTENTION_BACKENDS))
     disable_radix_cache: bool = _option(False, "no prefix sharing between requests")
     random_seed: int = _option(0, "seed of the engine's sampler")
     grammar_backend: str = _option("auto", "grammar-constrained decoding backend (auto: llguidance, see "
@@ -182,7 +184,10 @@ class EngineConfig:
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     def resolved_attention_backend(self) -> str:
-        return "torch_native" if self.attention_backend == "auto" else self.attention_backend
+        if self.attention_backend != "auto":
+            return self.attention_backend
+        on_gpu = self.resolved_device() == "cuda" and self.kv_cache_dtype != "int8"
+        return "triton" if on_gpu else "torch_native"
 
     def resolved_dtype(self, model: ModelConfig) -> torch.dtype:
         """auto: the checkpoint's dtype, except fp16 on CPU becomes bf16... on CPU

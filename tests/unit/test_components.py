@@ -26,3 +26,12 @@ def test_a_broken_entry_fails_loudly(monkeypatch):
     monkeypatch.setitem(components.PREFIX_CACHES, "radix", "runtime.cache.no_such_module:RadixCache")
     with pytest.raises(ImportError):
         load(components.PREFIX_CACHES, "radix", "prefix cache")
+
+
+def test_attention_backend_auto_is_triton_on_cuda_only(monkeypatch):
+    assert EngineConfig(device="cpu").resolved_attention_backend() == "torch_native"
+    assert EngineConfig(device="cuda").resolved_attention_backend() == "triton"
+    assert EngineConfig(device="cuda", kv_cache_dtype="int8").resolved_attention_backend() == "torch_native"
+    assert EngineConfig(device="cuda", attention_backend="torch_native").resolved_attention_backend() == "torch_native"
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert EngineConfig().resolved_attention_backend() == "triton"

@@ -124,6 +124,8 @@ class EngineConfig:
     attention_backend: str = _option(
         "auto", "auto: triton on CUDA (torch_native with --kv-cache-dtype int8), torch_native on CPU",
         ("auto", *ATTENTION_BACKENDS))
+    disable_cuda_graph: bool = _option(False, "CUDA: run decode steps eagerly instead of replaying captured graphs")
+    cuda_graph_max_bs: int = _option(64, "CUDA: largest decode batch captured as a graph (larger ones run eagerly)")
     disable_radix_cache: bool = _option(False, "no prefix sharing between requests")
     random_seed: int = _option(0, "seed of the engine's sampler")
     grammar_backend: str = _option("auto", "grammar-constrained decoding backend (auto: llguidance, see "
@@ -160,6 +162,7 @@ class EngineConfig:
         check(self.chunked_prefill_size >= 1, "chunked_prefill_size must be >= 1")
         check(self.max_prefill_tokens >= 1, "max_prefill_tokens must be >= 1")
         check(self.max_running_requests >= 1, "max_running_requests must be >= 1")
+        check(self.cuda_graph_max_bs >= 1, "cuda_graph_max_bs must be >= 1")
         check(self.max_queued_requests >= 1, "max_queued_requests must be >= 1")
         check(self.speculative_num_draft_tokens >= 0, "speculative_num_draft_tokens must be >= 0")
         for f in dataclasses.fields(self):

@@ -86,9 +86,22 @@ class ModelRunner:
         self.table = ReqToTokenTable(cfg.max_running_requests, self.context_len, self.device)
         backend = load(ATTENTION_BACKENDS, cfg.resolved_attention_backend(), "attention backend")
         self.attn = backend(self.pool, mc.num_heads, mc.num_kv_heads, mc.head_dim)
+        self.decode_graphs = self._decode_graphs()
         self.forward_time = 0.0  # seconds spent in model forward + logits (for overhead stats)
         logger.info("model %s (%s) on %s, %s; KV pool %d tokens; context %d", mc.architecture,
                     model_path, self.device, self.dtype, self.pool.capacity, self.context_len)
+
+    def _decode_graphs(self):
+        """CUDA graphs for decode steps on CUDA with the triton backend (unless disabled);
+        extra={"decode_graphs": "eager"} runs their static-buffer path uncaptured (CPU tests)."""
+        eager = self.cfg.extra.get("decode_graphs") == "eager"
+        wanted = eager or (self.device == "cuda" and not self.cfg.disable_cuda_graph)
+        if not wanted or not self.cfg.resolved_attention_backend().startswith("triton"):
+            return None
+        from runtime.engine.cuda_graph import DecodeGraphs
+
+        max_bs = min(self.cfg.cuda_graph_max_bs, self.cfg.max_running_requests)
+        return DecodeGraphs(self.model, self.attn, max_bs, self.context_len, self.device, eager=eager)
 
     def _load_quantized(self, model_path: str):
         """Quantized from the checkpoint's float32 values (a GGUF's Q4_0/Q4_1 values are
@@ -134,8 +147,11 @@ class ModelRunner:
         fb.kv_indices = fb.kv_indices.to(self.device)
         greedy_only = self._greedy_only(batch)
         start = time.perf_counter()
-        self.attn.init_forward_metadata(fb)
-        hidden = self.model(fb.input_ids, fb.positions, fb, self.attn)
+        if self.decode_graphs is not None and self.decode_graphs.can_run(fb):
+            hidden = self.decode_graphs.run(fb)
+        else:
+            self.attn.init_forward_metadata(fb)
+            hidden = self.model(fb.input_ids, fb.positions, fb, self.attn)
         if batch.mode == ForwardMode.VERIFY:  # every row scores a draft position
             logits = self.model.compute_logits(hidden, float32=False)  # [T, V] model dtype
             self.forward_time += time.perf_counter() - start

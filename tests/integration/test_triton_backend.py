@@ -114,3 +114,28 @@ def test_triton_backend_refuses_what_it_cannot_run(tiny_model_path, monkeypatch)
     monkeypatch.setattr(triton_backend, "available", lambda device: False)  # CPU without the interpreter
     with pytest.raises(ValueError, match="attention backend triton needs CUDA"):
         make_core(tiny_model_path, attention_backend="triton")
+
+
+@pytest.mark.parametrize("backend", ["triton-reference", pytest.param("triton", marks=pytest.mark.kernels)])
+def test_decode_graph_buffers_replay_any_batch(backend, monkeypatch):
+    """The CUDA-graph decode path on CPU, uncaptured (extra decode_graphs=eager): static
+    buffers padded to the captured sizes (3 rows run as 4), a split count fixed by the
+    context length, no cascade even behind a shared prefix; outputs equal to transformers."""
+    path, prefix, prompts = shared_prefix_case("qwen2", tails=(2, 21))
+    prompts.append(random_prompts(lens=[11], seed=9)[0])
+    new_tokens = 12 if backend == "triton-reference" else 4
+    refs = [hf_greedy(path, p, new_tokens)[0] for p in prompts]
+    core = make_core(path, attention_backend=backend, page_size=4, cuda_graph_max_bs=4,
+                     extra={"decode_graphs": "eager"})
+    graphs = core.runner.decode_graphs
+    assert graphs is not None and graphs.sizes == [1, 2, 4] and graphs.eager
+    calls = record_decode_calls(core, monkeypatch)
+    padded = []
+    original_forward = graphs._forward
+    monkeypatch.setattr(graphs, "_forward", lambda bs: padded.append(bs) or original_forward(bs))
+    run_core(core, [prefix], {"max_new_tokens": 1, "temperature": 0.0})
+    got = run_core(core, prompts, {"max_new_tokens": new_tokens, "temperature": 0.0}, stagger_steps=1)
+    assert [got[f"r{i}"]["output_ids"] for i in range(3)] == refs
+    assert 4 in padded and set(padded) <= {1, 2, 4}, padded
+    assert calls and set(calls) == {0}, "graph steps read the whole prefix per row (no cascade)"
+    core.scheduler.check_no_leaks()

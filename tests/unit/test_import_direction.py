@@ -18,6 +18,8 @@ FORBIDDEN = {
     "runtime.config": ["runtime.cache", "runtime.constrained", "runtime.engine", "runtime.layers",
                        "runtime.models", "runtime.server", "runtime.lang", "runtime.cli"],
     "runtime.layers": ["runtime.engine", "runtime.cache", "runtime.models", "runtime.server", "runtime.lang"],
+    "runtime.kernels": ["runtime.engine", "runtime.cache", "runtime.models", "runtime.constrained", "runtime.server",
+                        "runtime.lang"],
     "runtime.models": ["runtime.engine", "runtime.cache", "runtime.server", "runtime.lang"],
     "runtime.cache": ["runtime.engine", "runtime.models", "runtime.constrained", "runtime.server", "runtime.lang"],
     "runtime.constrained": ["runtime.engine", "runtime.cache", "runtime.models", "runtime.server", "runtime.lang"],

@@ -14,7 +14,7 @@ alternatives were throwaway variants of this function timed the same way):
     xgrammar.apply_token_bitmask_inplace  ~8.4 ms / ~13 ms    (its CPU path)
     shift-unpack [B, W, 32] + masked_fill ~18 ms  / ~30 ms
     byte table -> bool + masked_fill_     ~18 ms  / ~28 ms
-so the table wins on CPU by ~6x; on CUDA the same two ops are a few microseconds.
+so the table wins on CPU by ~6x. On CUDA one Triton kernel does it (runtime/kernels).
 Adding 0.0 leaves allowed logits bit-exact (x + 0.0 == x).
 """
 
@@ -75,6 +75,11 @@ def apply_bitmask_(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int] 
     assert logits.device == bitmask.device, "copy the bitmask to the logits' device first"
     assert _LITTLE_ENDIAN, "byte view assumes a little-endian host"
     if B == 0:
+        return
+    if logits.is_cuda:  # one Triton kernel (runtime/kernels/elementwise.py, checked against this function)
+        from runtime.kernels.elementwise import apply_bitmask
+
+        apply_bitmask(logits, bitmask)
         return
     num_bytes = V // 8  # whole bytes fully inside [0, V)
     table = _bias_table(logits.dtype, logits.device)

@@ -75,6 +75,8 @@ class ModelRunner:
             self.model = load_model(model_path, mc, self.dtype, self.device)
         else:
             self.model = self._load_quantized(model_path)
+        # CUDA: element-wise ops on the Triton kernels (extra={"fused_kernels": True}: on CPU, interpreted, for tests)
+        self.model.fused_kernels = self.device == "cuda" or bool(cfg.extra.get("fused_kernels"))
         if self._use_onednn():
             logger.info("%d linear layers reordered for oneDNN", self.model.pack_for_onednn())
         self.context_len = min(cfg.context_length or mc.max_position_embeddings, mc.max_position_embeddings)

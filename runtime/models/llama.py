@@ -7,11 +7,14 @@ All token tensors are flattened across the batch: [T, ...].
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from runtime.config import ModelConfig
+from runtime.kernels.elementwise import add_rmsnorm, rotary_
 from runtime.layers.activation import silu_and_mul
 from runtime.layers.attention import AttentionBackend
 from runtime.layers.linear import MergedLinear, OneDNNLinear, pack_linears_onednn
@@ -33,17 +36,16 @@ class LlamaAttention(nn.Module):
         self.split = (q_size, kv_size, kv_size)
 
     def forward(self, rope, hidden, fb, attn: AttentionBackend):
-        """rope: (cos, sin) of the step's positions (RotaryEmbedding.cos_sin); hidden: [T, hidden]."""
+        """rope: x [T, heads, D] -> x rotated at the step's positions; hidden: [T, hidden]."""
         qkv = self.qkv_proj(hidden)  # [T, (H + 2 Hkv) D]
         tokens, h, hkv, d = qkv.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
         q_and_k, v = qkv.split((self.split[0] + self.split[1], self.split[2]), dim=-1)
         v = v.view(tokens, hkv, d)  # [T, Hkv, D]
         if self.q_norm is None:  # q and k rotate together: one set of element-wise ops
-            q_and_k = apply_rotary(q_and_k.view(tokens, h + hkv, d), *rope)
+            q_and_k = rope(q_and_k.view(tokens, h + hkv, d))
         else:
             q, k = q_and_k.split(self.split[:2], dim=-1)
-            q_and_k = torch.cat((self.q_norm(q.view(tokens, h, d)), self.k_norm(k.view(tokens, hkv, d))), dim=1)
-            q_and_k = apply_rotary(q_and_k, *rope)
+            q_and_k = rope(torch.cat((self.q_norm(q.view(tokens, h, d)), self.k_norm(k.view(tokens, hkv, d))), dim=1))
         q, k = q_and_k[:, :h], q_and_k[:, h:]  # [T, H, D], [T, Hkv, D] (views)
         return self.o_proj(attn.forward(q, k, v, self.layer_id, fb))
 
@@ -71,6 +73,18 @@ class LlamaDecoderLayer(nn.Module):
         hidden = hidden + self.self_attn(rope, self.input_layernorm(hidden), fb, attn)
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
+    def forward_fused(self, rope, hidden, residual, fb, attn):
+        """The same layer on the fused kernels: `hidden` is the previous layer's MLP output
+        and `residual` the stream before it (None at the first layer, where hidden is the
+        embedding); each residual add happens inside the next norm. -> (mlp output, residual)."""
+        norm1, norm2 = self.input_layernorm, self.post_attention_layernorm
+        if residual is None:
+            normed, residual = add_rmsnorm(hidden, norm1.weight, norm1.eps), hidden
+        else:
+            normed, residual = add_rmsnorm(hidden, norm1.weight, norm1.eps, residual)
+        normed, residual = add_rmsnorm(self.self_attn(rope, normed, fb, attn), norm2.weight, norm2.eps, residual)
+        return self.mlp(normed), residual
+
 
 class LlamaModel(nn.Module):
     def __init__(self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool) -> None:
@@ -95,6 +109,9 @@ class LlamaForCausalLM(nn.Module):
         self.model = LlamaModel(cfg, qkv_bias=self.qkv_bias(cfg), qk_norm=self.qk_norm)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
+        # Triton kernels for the element-wise ops (add+RMSNorm, rotary in place): on CUDA,
+        # where each eager op is a kernel launch (set by the model runner)
+        self.fused_kernels = False
 
     @staticmethod
     def qkv_bias(cfg: ModelConfig) -> bool:
@@ -103,10 +120,21 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, fb, attn: AttentionBackend):
         """input_ids, positions: [T] -> final hidden states [T, hidden] (before lm_head)."""
         hidden = self.model.embed_tokens(input_ids)
-        rope = self.rotary.cos_sin(positions)
+        if self.fused_kernels:
+            return self._forward_fused(hidden, positions, fb, attn)
+        cos, sin = self.rotary.cos_sin(positions)
+        rope = functools.partial(apply_rotary, cos=cos, sin=sin)
         for layer in self.model.layers:
             hidden = layer(rope, hidden, fb, attn)
         return self.model.norm(hidden)
+
+    def _forward_fused(self, hidden, positions, fb, attn):
+        rope = functools.partial(rotary_, cos_table=self.rotary.cos, sin_table=self.rotary.sin, positions=positions)
+        residual = None
+        for layer in self.model.layers:
+            hidden, residual = layer.forward_fused(rope, hidden, residual, fb, attn)
+        norm = self.model.norm
+        return add_rmsnorm(hidden, norm.weight, norm.eps, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor, float32: bool = True) -> torch.Tensor:
         """hidden: [N, hidden] -> logits [N, vocab_size], float32 unless float32=False

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("bench", help="benchmarks")
     bench = p.add_subparsers(dest="bench", required=True)
-    from runtime.bench import compare, grammar, offline, prefix, programs, quant, report, roofline, serve, spec
+    from runtime.bench import compare, decode, grammar, offline, prefix, programs, quant, report, roofline, serve, spec
 
     offline.add_parser(bench)
     prefix.add_parser(bench)
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_parser(bench)
     compare.add_parser(bench)
     roofline.add_parser(bench)
+    decode.add_parser(bench)
     spec.add_parser(bench)
     quant.add_parser(bench)
     report.add_parser(bench)

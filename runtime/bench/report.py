@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 # sections first to last
-ORDER = ("compare", "roofline", "serve", "spec", "quant", "programs", "prefix", "offline", "grammar")
+ORDER = ("compare", "roofline", "decode", "serve", "spec", "quant", "programs", "prefix", "offline", "grammar")
 
 
 def add_parser(sub) -> None:

@@ -60,6 +60,12 @@ def _upcast(q: torch.Tensor) -> bool:
     return interpreted() and q.dtype != torch.float32
 
 
+def _precision(q: torch.Tensor) -> str:
+    """tl.dot's input precision: exact float32 products for float32 inputs (the GPU's
+    default for them is TF32, ~1e-3 off: float32 runs are the parity tests'), else the default."""
+    return "ieee" if q.dtype == torch.float32 or _upcast(q) else "tf32"
+
+
 def _check_pool(k_buf: torch.Tensor, v_buf: torch.Tensor) -> None:
     assert k_buf.dim() == 3 and k_buf.shape == v_buf.shape, "k_buf, v_buf: [Hkv, num_slots, D], same shape"
     assert k_buf.is_contiguous() and v_buf.is_contiguous(), "pool buffers must be contiguous"
@@ -90,7 +96,7 @@ def store_kv_reference(k_buf, v_buf, slots, k, v) -> None:
 
 @triton.jit
 def _attend_key_block(q, KBuf, VBuf, slots, valid, head_offset, stride_bs, d, m, total, acc, scale,
-                      D: tl.constexpr, UPCAST: tl.constexpr):
+                      D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     """One block of keys (pool slots `slots`, `valid` [BLOCK_N]) into the running softmax of
     queries q [rows, BLOCK_D]: max m, sum total [rows], unnormalised output acc [rows, BLOCK_D]."""
     kv_ptr = head_offset + slots[:, None] * stride_bs + d[None, :]
@@ -99,12 +105,13 @@ def _attend_key_block(q, KBuf, VBuf, slots, valid, head_offset, stride_bs, d, m,
     v = tl.load(VBuf + kv_ptr, mask=kv_mask, other=0.0)
     if UPCAST:
         k, v = k.to(tl.float32), v.to(tl.float32)
-    s = tl.dot(q, tl.trans(k)) * scale  # [rows, BLOCK_N] float32
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [rows, BLOCK_N] float32
     s = tl.where(valid[None, :], s, float("-inf"))
     m_new = tl.maximum(m, tl.max(s, 1))
     p = tl.exp(s - m_new[:, None])
     alpha = tl.exp(m - m_new)
-    return m_new, total * alpha + tl.sum(p, 1), acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return m_new, total * alpha + tl.sum(p, 1), acc
 
 
 @triton.jit
@@ -112,7 +119,8 @@ def _decode_split_kernel(Q, KBuf, VBuf, KvIdx, KvLens, MidO, MidLse,
                          stride_qb, stride_qh, stride_bh, stride_bs, stride_ib,
                          stride_ob, stride_oh, stride_os, stride_lb, stride_lh, scale,
                          G: tl.constexpr, D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-                         BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, UPCAST: tl.constexpr):
+                         BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, UPCAST: tl.constexpr,
+                         PRECISION: tl.constexpr):
     """Program (row b, KV head, split): the G query heads of that KV head over one range of
     row b's keys -> MidO[b, heads, split] (normalised partial output), MidLse[b, heads, split]."""
     b = tl.program_id(0)
@@ -137,7 +145,7 @@ def _decode_split_kernel(Q, KBuf, VBuf, KvIdx, KvLens, MidO, MidLse,
         valid = offs < end
         slots = tl.load(KvIdx + b * stride_ib + offs, mask=valid, other=0)
         m, total, acc = _attend_key_block(q, KBuf, VBuf, slots, valid, kvh * stride_bh, stride_bs, d, m, total, acc,
-                                          scale, D, UPCAST)
+                                          scale, D, UPCAST, PRECISION)
     nonempty = total > 0
     out = acc / tl.where(nonempty, total, 1.0)[:, None]
     lse = tl.where(nonempty, m + tl.log(tl.where(nonempty, total, 1.0)), float("-inf"))
@@ -151,7 +159,8 @@ def _shared_prefix_kernel(Q, KBuf, VBuf, Shared, num_shared, num_rows, MidO, Mid
                           stride_qb, stride_qh, stride_bh, stride_bs,
                           stride_ob, stride_oh, stride_os, stride_lb, stride_lh, scale, first_split,
                           G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-                          BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, UPCAST: tl.constexpr):
+                          BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, UPCAST: tl.constexpr,
+                         PRECISION: tl.constexpr):
     """Program (KV head, block of BLOCK_M query rows, split): rows r = b * G + g of every
     request's query heads of that KV head, over one range of the shared slots; each key
     block is loaded once for all those rows. Writes split `first_split + split`."""
@@ -177,7 +186,7 @@ def _shared_prefix_kernel(Q, KBuf, VBuf, Shared, num_shared, num_rows, MidO, Mid
         valid = offs < end
         slots = tl.load(Shared + offs, mask=valid, other=0)
         m, total, acc = _attend_key_block(q, KBuf, VBuf, slots, valid, kvh * stride_bh, stride_bs, d, m, total, acc,
-                                          scale, D, UPCAST)
+                                          scale, D, UPCAST, PRECISION)
     nonempty = total > 0
     out = acc / tl.where(nonempty, total, 1.0)[:, None]
     lse = tl.where(nonempty, m + tl.log(tl.where(nonempty, total, 1.0)), float("-inf"))
@@ -239,7 +248,7 @@ def decode_attention(q, k_buf, v_buf, kv_indices, kv_lens, scale: float, shared_
         q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1), kv_indices.stride(0),
         mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1), scale,
         G=g, D=d, BLOCK_G=max(16, next_power_of_2(g)), BLOCK_D=block_d, BLOCK_N=block_n, NUM_SPLITS=num_splits,
-        UPCAST=_upcast(q))
+        UPCAST=_upcast(q), PRECISION=_precision(q))
     if num_shared:
         block_m = 32
         _shared_prefix_kernel[(k_buf.shape[0], triton.cdiv(b * g, block_m), shared_splits)](
@@ -247,7 +256,7 @@ def decode_attention(q, k_buf, v_buf, kv_indices, kv_lens, scale: float, shared_
             q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1),
             mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0), mid_lse.stride(1), scale,
             num_splits, G=g, D=d, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_N=block_n, NUM_SPLITS=shared_splits,
-            UPCAST=_upcast(q))
+            UPCAST=_upcast(q), PRECISION=_precision(q))
     _combine_kernel[(b, h)](
         mid_o, mid_lse, out, mid_o.stride(0), mid_o.stride(1), mid_o.stride(2), mid_lse.stride(0),
         mid_lse.stride(1), out.stride(0), out.stride(1), D=d, BLOCK_D=block_d, NUM_PARTS=parts,
@@ -286,7 +295,7 @@ def decode_attention_reference(q, k_buf, v_buf, kv_indices, kv_lens, scale: floa
 def _extend_kernel(Q, KBuf, VBuf, Out, KvIdx, KvLens, QStarts, QLens,
                    stride_qt, stride_qh, stride_bh, stride_bs, stride_ib, stride_ot, stride_oh, scale,
                    G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-                   BLOCK_N: tl.constexpr, UPCAST: tl.constexpr):
+                   BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     """Program (request b, query head h, block of BLOCK_M of its new tokens)."""
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -318,7 +327,7 @@ def _extend_kernel(Q, KBuf, VBuf, Out, KvIdx, KvLens, QStarts, QLens,
         v = tl.load(VBuf + kv_ptr, mask=kv_mask, other=0.0)
         if UPCAST:
             k, v = k.to(tl.float32), v.to(tl.float32)
-        s = tl.dot(q, tl.trans(k)) * scale  # [BLOCK_M, BLOCK_N]
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [BLOCK_M, BLOCK_N]
         allowed = valid[None, :] & (offs[None, :] <= (prefix + i)[:, None])
         s = tl.where(allowed, s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
@@ -326,7 +335,7 @@ def _extend_kernel(Q, KBuf, VBuf, Out, KvIdx, KvLens, QStarts, QLens,
         p = tl.exp(s - m_safe[:, None])
         alpha = tl.exp(m - m_safe)
         total = total * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m = m_new
     out = acc / tl.where(total > 0, total, 1.0)[:, None]
     tl.store(Out + (q_start + i)[:, None] * stride_ot + h * stride_oh + d[None, :], out.to(Out.dtype.element_ty),
@@ -352,7 +361,7 @@ def extend_attention(q, k_buf, v_buf, kv_indices, kv_lens, q_starts, q_lens, max
         q, k_buf, v_buf, out, kv_indices, kv_lens, q_starts, q_lens,
         q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1), kv_indices.stride(0),
         out.stride(0), out.stride(1), scale, G=g, D=d, BLOCK_M=block_m, BLOCK_D=next_power_of_2(d), BLOCK_N=32,
-        UPCAST=_upcast(q))
+        UPCAST=_upcast(q), PRECISION=_precision(q))
     return out
 
 

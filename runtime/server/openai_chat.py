@@ -70,8 +70,9 @@ def plan_tools(state: ServerState, req: ChatCompletionRequest) -> ToolPlan:
         raise bad_request("tool function names must be unique", param="tools")
     for i, tool in enumerate(tools):
         validate_schema(tool_parameters(tool), f"tools[{i}].function.parameters")
-    if choice == "none":
-        return ToolPlan()
+    if choice == "none":  # the prompt auto would give (an agent's prefix stays cached); the output may not
+        no_call = state.tool_parser.no_call_regex()  # open with a call, so the model writes its answer
+        return ToolPlan(template_tools=tools, constraint={"regex": no_call} if no_call else None)
     max_calls = None if req.parallel_tool_calls else 1
     if choice == "auto":
         return ToolPlan(state.tool_parser, tools, {"structural_tag": state.tool_parser.structural_tag(tools)},
@@ -189,21 +190,23 @@ async def _stream(state: ServerState, req, plan: ToolPlan, streams: list, rid: s
                     yield SSE_DONE
                     return
             text = out["text"]
-            delta: dict = {}
+            tool_deltas: list[dict] = []
             if streamers[i] is not None:
                 content, tool_deltas = streamers[i].update(text, final=finished)
-                if tool_deltas:
-                    delta["tool_calls"] = tool_deltas
             else:
                 content, text_sent[i] = text[text_sent[i]:], len(text)
-            if content:
-                delta["content"] = content
             logprobs = None
             if req.logprobs and meta["completion_tokens"] > tokens_sent[i]:
                 logprobs = chat_logprobs(meta, tokens_sent[i], meta["completion_tokens"])
                 tokens_sent[i] = meta["completion_tokens"]
-            if delta or logprobs:
-                yield chunk([{"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": None}])
+            # one tool-call delta per chunk, as OpenAI streams them (some clients read only the first)
+            deltas = [{"tool_calls": [d]} for d in tool_deltas]
+            if content or not deltas:
+                deltas.insert(0, {"content": content} if content else {})
+            for k, delta in enumerate(deltas):
+                chunk_logprobs = logprobs if k == 0 else None
+                if delta or chunk_logprobs:
+                    yield chunk([{"index": i, "delta": delta, "logprobs": chunk_logprobs, "finish_reason": None}])
             if finished:
                 reason = "tool_calls" if streamers[i] and streamers[i].num_calls else finish_reason(meta)
                 yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": reason,

@@ -119,6 +119,12 @@ class ToolParser:
     def forced_format(self) -> tuple[str, str, str]:
         return "", "object", ""
 
+    def no_call_regex(self) -> str | None:
+        """A regex for output that does not open with this format's call trigger
+        (tool_choice "none" with tools shown): None when there is no single trigger."""
+        triggers = self.triggers()
+        return not_starting_with(triggers[0]) if len(triggers) == 1 else None
+
     def structural_tag(self, tools: list[dict]) -> dict:
         structures = []
         for tool in tools:
@@ -234,6 +240,18 @@ PARSERS: dict[str, type[ToolParser]] = {
 }
 
 
+_REGEX_META = set("\\.+*?()|[]{}^$-#&~")
+
+
+def not_starting_with(prefix: str) -> str:
+    """A regex (no look-ahead: grammar engines have none) matching every string that does
+    not start with `prefix`: a proper prefix of it, or its first i chars then another char."""
+    lit = lambda c: "\\" + c if c in _REGEX_META else c  # noqa: E731 (< and > stay bare: \< is a word boundary)
+    heads = ["".join(lit(c) for c in prefix[:i]) for i in range(len(prefix))]
+    diverging = [f"{head}[^{lit(prefix[i])}](?s:.)*" for i, head in enumerate(heads)]
+    return "(" + "|".join(["", *heads[1:], *diverging]) + ")"
+
+
 def get_parser(name: str, template_source: str | None = None) -> ToolParser:
     if name == "auto":
         source = template_source or ""
@@ -267,8 +285,9 @@ def required_schema(tools: list[dict], parallel: bool) -> dict:
 
 class ToolCallStreamer:
     """Cumulative output text -> (content delta, tool-call deltas) in OpenAI's stream
-    shape: a call's first delta carries its index, id, type and name; later deltas
-    carry argument fragments for that index."""
+    shape: a call's first delta carries its index, id, type, name (and the arguments so
+    far); later deltas carry argument fragments for that index. The server sends each
+    delta in a chunk of its own."""
 
     def __init__(self, parser: ToolParser, max_calls: int | None = None) -> None:
         self.parser, self.max_calls = parser, max_calls
@@ -299,19 +318,23 @@ class ToolCallStreamer:
         return self.max_calls is None or index < self.max_calls
 
     def _deltas(self, calls: list) -> list[dict]:
+        """At most one delta per call index (llama-index reads one per chunk): a new call's
+        first delta carries its name and the arguments so far."""
         deltas = []
         for i, call in enumerate(calls):
             if call.name is None or not self._allowed(i):
                 break
+            delta: dict = {"index": i, "function": {}}
             if i == len(self.sent):
                 call_id = new_call_id()
                 self.sent.append([call_id, ""])
-                deltas.append({"index": i, "id": call_id, "type": "function",
-                               "function": {"name": call.name, "arguments": ""}})
+                delta.update(id=call_id, type="function", function={"name": call.name, "arguments": ""})
             sent_args = self.sent[i][1]
             if len(call.arguments) > len(sent_args) and call.arguments.startswith(sent_args):
-                deltas.append({"index": i, "function": {"arguments": call.arguments[len(sent_args):]}})
+                delta["function"]["arguments"] = call.arguments[len(sent_args):]
                 self.sent[i][1] = call.arguments
+            if delta["function"]:
+                deltas.append(delta)
         return deltas
 
     def _finish(self, text: str) -> str:

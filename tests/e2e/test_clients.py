@@ -13,7 +13,8 @@ WEATHER = {"type": "function", "function": {
 
 @pytest.fixture(scope="module")
 def chat_model(server):
-    langchain_openai = pytest.importorskip("langchain_openai")
+    import langchain_openai  # the test extra installs it
+
     return langchain_openai.ChatOpenAI(model=MODEL, base_url=f"{server.url}/v1", api_key="unused", max_tokens=5,
                                        temperature=0, max_retries=0, timeout=120)
 
@@ -44,8 +45,8 @@ def test_langchain_bind_tools_and_tool_round_trip(chat_model):
 
 
 def test_llamaindex_openai_like(server):
-    openai_like = pytest.importorskip("llama_index.llms.openai_like")
     from llama_index.core.llms import ChatMessage
+    from llama_index.llms import openai_like
 
     llm = openai_like.OpenAILike(model=MODEL, api_base=f"{server.url}/v1", api_key="unused", is_chat_model=True,
                                  max_tokens=5, temperature=0, context_window=2048, max_retries=0)

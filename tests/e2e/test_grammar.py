@@ -29,7 +29,7 @@ def _grammar():
 
 
 def test_json_schema_response_format(client):
-    jsonschema = pytest.importorskip("jsonschema")
+    import jsonschema
     schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"enum": [1, 2, 3]}},
               "required": ["ok", "n"], "additionalProperties": False}
     fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
@@ -114,8 +114,7 @@ def test_tool_choice_auto_is_valid_when_called(client):
 
 
 def test_langchain_forced_tool_and_structured_output(server):
-    langchain_openai = pytest.importorskip("langchain_openai")
-
+    import langchain_openai
     from pydantic import BaseModel
 
     model = langchain_openai.ChatOpenAI(model=MODEL, base_url=f"{server.url}/v1", api_key="unused", max_tokens=60,
@@ -144,8 +143,7 @@ def test_openai_parse_returns_a_pydantic_object(client):
 
 
 def test_langchain_structured_output_function_calling(server):
-    langchain_openai = pytest.importorskip("langchain_openai")
-
+    import langchain_openai
     from pydantic import BaseModel
 
     class City(BaseModel):
@@ -168,8 +166,8 @@ def get_weather(city: str) -> str:
 
 
 def test_llamaindex_tool_call(server):
-    openai_like = pytest.importorskip("llama_index.llms.openai_like")
     from llama_index.core.tools import FunctionTool
+    from llama_index.llms import openai_like
 
     llm = openai_like.OpenAILike(model=MODEL, api_base=f"{server.url}/v1", api_key="unused", is_chat_model=True,
                                  is_function_calling_model=True, max_tokens=60, context_window=2048, max_retries=0)

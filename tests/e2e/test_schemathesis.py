@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import httpx
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
 
 from tests.e2e.harness import MODEL
-
-schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
 
 OPERATIONS = [("/v1/chat/completions", "POST"), ("/v1/completions", "POST"), ("/generate", "POST")]
 MAX_TOKENS = {"type": "integer", "minimum": 0, "maximum": 3}

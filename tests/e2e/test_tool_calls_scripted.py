@@ -148,7 +148,7 @@ def test_tool_messages_rendered(http, engine, tokenizer):
 
 
 def test_langchain_parses_tool_calls(engine):
-    langchain_openai = pytest.importorskip("langchain_openai")
+    import langchain_openai
     with TestClient(create_app(engine)) as client:
         model = langchain_openai.ChatOpenAI(model="radixflow-demo", base_url="http://testserver/v1",
                                             api_key="unused", http_client=client, max_retries=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -13,6 +14,7 @@ from runtime.tool_calls.parsers import (
     NamedFunctionParser,
     ToolCallStreamer,
     get_parser,
+    not_starting_with,
     required_schema,
 )
 
@@ -25,6 +27,7 @@ def stream_all(parser, text: str, max_calls=None, step: int = 1):
     content, deltas = "", []
     for k in range(step, len(text) + step, step):
         c, d = streamer.update(text[:k])
+        assert len({delta["index"] for delta in d}) == len(d), "one delta per call and update (one per chunk)"
         content, deltas = content + c, deltas + d
     c, d = streamer.update(text, final=True)
     calls: dict[int, dict] = {}
@@ -56,6 +59,15 @@ def test_qwen_parse_and_stream_agree():
         assert [(s["name"], s["args"]) for s in streamed.values()] == [(c.name, c.arguments) for c in calls]
     _, one = stream_all(parser, QWEN, max_calls=1)
     assert list(one) == [0]
+
+
+def test_no_call_regex_refuses_only_a_call_at_the_start():
+    pattern = get_parser("qwen").no_call_regex()
+    for text in ("", "<tool", "The weather is sunny.", "<tools are fun", "a\n<tool_call>", "<tool_cal"):
+        assert re.fullmatch(pattern, text, re.S), text
+    for text in ("<tool_call>", '<tool_call>\n{"name": "f"}'):
+        assert not re.fullmatch(pattern, text, re.S), text
+    assert re.fullmatch(not_starting_with("[A.]"), "[A,") and not re.fullmatch(not_starting_with("[A.]"), "[A.]x")
 
 
 def test_partial_marker_is_held_back():

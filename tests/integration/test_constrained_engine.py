@@ -11,8 +11,6 @@ from transformers import AutoTokenizer
 from runtime.demo.checkpoint import demo_model_path
 from tests.helpers import make_core, random_prompts, run_core, without_step_timing
 
-pytest.importorskip("runtime.constrained")
-
 PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age", "email_address_primary"],
           "properties": {"name": {"type": "string", "maxLength": 12},
                          "age": {"type": "integer", "minimum": 0, "maximum": 120},

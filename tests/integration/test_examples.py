@@ -17,13 +17,18 @@ EXPECTED = {  # script -> text its output must contain
     "async_batch.py": "'France': 'Paris'",
     "react_agent.py": "-> 3367",
     "parallel_tools.py": "call get_weather({'city': 'Tokyo'})",
+    "agents/langchain_agent.py": "tool call: get_weather({'city': 'Paris'})",
+    "agents/llamaindex_agent.py": "tool call: get_weather({'city': 'Paris'})",
 }
+STRUCTURED = "structured: Person(name='Alice', age=30)"  # the agents' examples end with it
 
 
 def test_every_example_is_listed():
-    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(EXPECTED)
-    readme = (EXAMPLES / "README.md").read_text()
-    assert all(f"`{name}`" in readme for name in EXPECTED)
+    scripts = [p.relative_to(EXAMPLES).as_posix() for p in EXAMPLES.rglob("*.py")]
+    assert sorted(scripts) == sorted(EXPECTED)
+    for script in EXPECTED:  # each folder's README names its scripts
+        folder = (EXAMPLES / script).parent
+        assert f"`{Path(script).name}`" in (folder / "README.md").read_text(), script
 
 
 @pytest.mark.parametrize("script", sorted(EXPECTED))
@@ -32,3 +37,5 @@ def test_example_runs(script):
                           cwd=EXAMPLES.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert EXPECTED[script] in proc.stdout, proc.stdout
+    if script.startswith("agents/"):
+        assert STRUCTURED in proc.stdout, proc.stdout

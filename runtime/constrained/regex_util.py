@@ -2,6 +2,8 @@
 
 * `escape_literal` escapes exactly the regex metacharacters (Python's `re.escape`
   also escapes spaces and other characters that some regex engines reject).
+* `choices_regex` matches exactly one of some strings; `not_starting_with` every string
+  that does not open with a prefix (no look-ahead: the grammar engines have none).
 * `ascii_classes` rewrites `\\d`, `\\w`, `\\s` (and `\\D`, `\\W`, `\\S` outside
   brackets) to ASCII classes. The engines disagree: xgrammar's are ASCII, while
   llguidance's and outlines-core's (Rust regex) are Unicode, so `\\d{4}` could
@@ -30,6 +32,17 @@ def escape_literal(text: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def choices_regex(choices: list[str]) -> str:
+    return "(" + "|".join(escape_literal(choice) for choice in choices) + ")"
+
+
+def not_starting_with(prefix: str) -> str:
+    """A proper prefix of `prefix`, or its first i characters then another character."""
+    heads = [escape_literal(prefix[:i]) for i in range(len(prefix))]
+    diverging = [f"{head}[^{escape_literal(prefix[i])}](?s:.)*" for i, head in enumerate(heads)]
+    return "(" + "|".join(["", *heads[1:], *diverging]) + ")"
 
 
 def ascii_classes(regex: str) -> str:

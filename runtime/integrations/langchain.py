@@ -24,17 +24,12 @@ from langchain_core.runnables import RunnableLambda
 from langchain_openai import ChatOpenAI
 from pydantic import Field, model_validator
 
+from runtime.constrained.regex_util import choices_regex
 from runtime.integrations.local_server import LocalServer, served_model
 from runtime.integrations.programs import run_program
 
 # request fields of ours that travel in the OpenAI request's body beside the standard ones
 EXTRA_BODY_FIELDS = ("regex", "choices", "ebnf", "cache_salt")
-
-
-def choices_regex(choices: list[str]) -> str:
-    """A regex matching exactly one of `choices` (each taken literally)."""
-    special = set(r"\.^$|?*+()[]{}/")
-    return "(" + "|".join("".join("\\" + c if c in special else c for c in choice) for choice in choices) + ")"
 
 
 def extra_body(params: dict[str, Any]) -> dict[str, Any]:

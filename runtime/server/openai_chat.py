@@ -27,6 +27,7 @@ from runtime.server.openai_common import (
     response_format_constraint,
     usage,
     validate_schema,
+    vllm_constraint,
 )
 from runtime.server.protocol import ChatCompletionRequest
 from runtime.server.state import ServerState
@@ -122,6 +123,7 @@ def _sampling_params(state: ServerState, req: ChatCompletionRequest, plan: ToolP
     param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     sp = base_sampling_params(req, resolve_max_tokens(requested, prompt_len, state, param))
     sp = merge_constraint(sp, response_format_constraint(req.response_format), "response_format")
+    sp = merge_constraint(sp, vllm_constraint(req), "structured_outputs")
     if plan.constraint:
         if plan.forced:
             sp = merge_constraint(sp, plan.constraint, "tool_choice 'required' or a named function")

@@ -9,6 +9,7 @@ import json
 import math
 import uuid
 
+from runtime.constrained.regex_util import choices_regex
 from runtime.core import OPENAI_NAMES, SamplingParamError, SamplingParams
 from runtime.prompt_check import check_fits
 from runtime.server.errors import APIError, bad_request
@@ -124,6 +125,31 @@ def response_format_constraint(rf) -> dict:
     schema = rf.json_schema.schema_ if rf.json_schema.schema_ is not None else {}
     schema = validate_schema(schema, "response_format.json_schema.schema")
     return {"json_schema": json.dumps(schema)}
+
+
+def vllm_constraint(req) -> dict:
+    """vLLM's `structured_outputs` (or its older `guided_*` fields) -> our constraint."""
+    so = req.structured_outputs
+    given = {"json": req.guided_json, "regex": req.guided_regex, "choice": req.guided_choice,
+             "grammar": req.guided_grammar}
+    if so is not None:
+        given.update(json=so.json_, regex=so.regex, choice=so.choice, grammar=so.grammar,
+                     json_object={"type": "object"} if so.json_object else None)
+    given = {k: v for k, v in given.items() if v is not None}
+    if len(given) > 1:
+        raise bad_request(f"structured outputs: one of json, regex, choice, grammar (got {sorted(given)})",
+                          param="structured_outputs")
+    if not given:
+        return {}
+    kind, value = next(iter(given.items()))
+    if kind in ("json", "json_object"):
+        schema = json.loads(value) if isinstance(value, str) else value
+        return {"json_schema": json.dumps(validate_schema(schema, "structured_outputs.json"))}
+    if kind == "choice":
+        if not value:
+            raise bad_request("structured outputs: choice needs at least one string", param="structured_outputs")
+        return {"regex": choices_regex(value)}
+    return {"regex": value} if kind == "regex" else {"ebnf": value}
 
 
 def merge_constraint(sp: dict, constraint: dict, source: str) -> dict:

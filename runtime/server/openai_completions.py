@@ -26,6 +26,7 @@ from runtime.server.openai_common import (
     response_format_constraint,
     usage,
     validate_schema,
+    vllm_constraint,
 )
 from runtime.server.protocol import CompletionRequest
 from runtime.server.state import ServerState
@@ -70,10 +71,11 @@ async def _prompts(state: ServerState, req: CompletionRequest) -> list[tuple[str
 
 
 def _constraint(req: CompletionRequest) -> dict:
+    vllm = vllm_constraint(req)
     if req.json_schema is not None:
         schema = validate_schema(req.json_schema, "json_schema")
-        return {"json_schema": json.dumps(schema)}
-    return response_format_constraint(req.response_format)
+        return merge_constraint({"json_schema": json.dumps(schema)}, vllm, "structured_outputs")
+    return merge_constraint(response_format_constraint(req.response_format), vllm, "structured_outputs")
 
 
 async def create_completion(state: ServerState, req: CompletionRequest, request: Request):

@@ -80,6 +80,17 @@ class ResponseFormat(_Body):
     json_schema: JsonSchemaFormat | None = None
 
 
+class StructuredOutputs(_Body):
+    """vLLM's `structured_outputs` request field (outlines' from_vllm, vLLM clients): one of these."""
+
+    json_: dict[str, Any] | str | None = Field(default=None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    whitespace_pattern: str | None = None  # accepted; our JSON grammar fixes the whitespace
+
+
 class StreamOptions(_Body):
     include_usage: bool = False
 
@@ -109,6 +120,12 @@ class _OpenAIFields(_Body):
     logit_bias: dict[str, float] | None = None
     cache_salt: str | None = None
     rid: str | None = None
+    # vLLM's constraint fields, so its clients' structured output is enforced here too
+    structured_outputs: StructuredOutputs | None = None
+    guided_json: dict[str, Any] | str | None = None  # the names before vLLM 0.12
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
 
 
 _SamplingFields = create_model("_SamplingFields", __base__=_OpenAIFields,

@@ -21,6 +21,7 @@ import re
 import uuid
 from dataclasses import dataclass
 
+from runtime.constrained.regex_util import not_starting_with
 from runtime.tool_calls.json_scan import PartialCall, scan_call
 from runtime.tool_calls.prompt_format import template_renders_tools
 
@@ -238,18 +239,6 @@ PARSERS: dict[str, type[ToolParser]] = {
     "qwen": QwenParser, "qwen25": QwenParser, "hermes": QwenParser,
     "llama3": Llama3Parser, "mistral": MistralParser, "prompt": PromptToolsParser,
 }
-
-
-_REGEX_META = set("\\.+*?()|[]{}^$-#&~")
-
-
-def not_starting_with(prefix: str) -> str:
-    """A regex (no look-ahead: grammar engines have none) matching every string that does
-    not start with `prefix`: a proper prefix of it, or its first i chars then another char."""
-    lit = lambda c: "\\" + c if c in _REGEX_META else c  # noqa: E731 (< and > stay bare: \< is a word boundary)
-    heads = ["".join(lit(c) for c in prefix[:i]) for i in range(len(prefix))]
-    diverging = [f"{head}[^{lit(prefix[i])}](?s:.)*" for i, head in enumerate(heads)]
-    return "(" + "|".join(["", *heads[1:], *diverging]) + ")"
 
 
 def get_parser(name: str, template_source: str | None = None) -> ToolParser:

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from runtime.constrained.regex_util import choices_regex, not_starting_with
 from runtime.server.chat_template import ChatTemplate, TemplateError
 from runtime.tool_calls.json_scan import scan_value
 from runtime.tool_calls.parsers import (
@@ -14,7 +15,6 @@ from runtime.tool_calls.parsers import (
     NamedFunctionParser,
     ToolCallStreamer,
     get_parser,
-    not_starting_with,
     required_schema,
 )
 
@@ -68,6 +68,7 @@ def test_no_call_regex_refuses_only_a_call_at_the_start():
     for text in ("<tool_call>", '<tool_call>\n{"name": "f"}'):
         assert not re.fullmatch(pattern, text, re.S), text
     assert re.fullmatch(not_starting_with("[A.]"), "[A,") and not re.fullmatch(not_starting_with("[A.]"), "[A.]x")
+    assert re.fullmatch(choices_regex(["a.b", "(c)"]), "(c)") and not re.fullmatch(choices_regex(["a.b"]), "axb")
 
 
 def test_partial_marker_is_held_back():

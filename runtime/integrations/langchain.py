@@ -24,22 +24,8 @@ from langchain_core.runnables import RunnableLambda
 from langchain_openai import ChatOpenAI
 from pydantic import Field, model_validator
 
-from runtime.constrained.regex_util import choices_regex
+from runtime.integrations.common import EXTRA_BODY_FIELDS, extra_body, run_program
 from runtime.integrations.local_server import LocalServer, served_model
-from runtime.integrations.programs import run_program
-
-# request fields of ours that travel in the OpenAI request's body beside the standard ones
-EXTRA_BODY_FIELDS = ("regex", "choices", "ebnf", "cache_salt")
-
-
-def extra_body(params: dict[str, Any]) -> dict[str, Any]:
-    """Our constraint fields -> the request's extra body (`choices` becomes a regex)."""
-    body = {k: v for k, v in params.items() if k in EXTRA_BODY_FIELDS and v is not None}
-    if "choices" in body:
-        if "regex" in body:
-            raise ValueError("choices and regex cannot be combined (one constraint per request)")
-        body["regex"] = choices_regex(list(body.pop("choices")))
-    return body
 
 
 class ChatRadixflow(ChatOpenAI):

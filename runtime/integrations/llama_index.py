@@ -19,9 +19,8 @@ from llama_index.core.tools import FunctionTool
 from llama_index.llms.openai_like import OpenAILike
 from pydantic import PrivateAttr
 
-from runtime.integrations.langchain import extra_body  # one translation of our constraint fields
+from runtime.integrations.common import extra_body, program_parameters, run_program
 from runtime.integrations.local_server import LocalServer, served_model
-from runtime.integrations.programs import program_parameters, run_program
 
 
 class Radixflow(OpenAILike):

@@ -71,8 +71,10 @@ def plan_tools(state: ServerState, req: ChatCompletionRequest) -> ToolPlan:
         raise bad_request("tool function names must be unique", param="tools")
     for i, tool in enumerate(tools):
         validate_schema(tool_parameters(tool), f"tools[{i}].function.parameters")
-    if choice == "none":  # the prompt auto would give (an agent's prefix stays cached); the output may not
-        no_call = state.tool_parser.no_call_regex()  # open with a call, so the model writes its answer
+    if choice == "none":
+        # the prompt tool_choice auto would give (an agent's next step finds its prefix cached),
+        # but the output may not open with a call: the model writes its answer instead
+        no_call = state.tool_parser.no_call_regex()
         return ToolPlan(template_tools=tools, constraint={"regex": no_call} if no_call else None)
     max_calls = None if req.parallel_tool_calls else 1
     if choice == "auto":

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from runtime.kernels import attention, available
-from runtime.layers.attention import AttentionBackend, _shared_prefix_len
+from runtime.layers.attention import AttentionBackend, _shared_prefix_len, verify_rows
 
 
 @dataclass
@@ -74,10 +74,7 @@ class TritonBackend(AttentionBackend):
             return
         num_requests = len(fb.seq_lens)
         if fb.mode.value == "verify":  # one decode row per token
-            q_lens = torch.tensor(fb.extend_lens, dtype=torch.int64)
-            rows = torch.repeat_interleave(torch.arange(num_requests), q_lens)  # [T] request of each token
-            starts = torch.cumsum(q_lens, 0) - q_lens
-            kv_lens = kv_lens[rows] - q_lens[rows] + 1 + (torch.arange(len(rows)) - starts[rows])  # [T]
+            rows, kv_lens = verify_rows(torch.tensor(fb.extend_lens, dtype=torch.int64), kv_lens)  # [T] each
             kv_indices = kv_indices.index_select(0, rows.to(kv_indices.device))
         shared = _shared_prefix_len(kv_indices, kv_lens, num_requests)
         shared_slots = kv_indices[0, :shared].contiguous() if shared else None

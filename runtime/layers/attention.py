@@ -88,10 +88,8 @@ class TorchNativeBackend(AttentionBackend):
         if max_q == 1:
             fb.attn_metadata = self._decode_metadata(fb.kv_indices, kv_lens, device)
             return
-        if fb.mode.value == "verify":  # one decode row per token: token j of a request sees prefix + j + 1 keys
-            rows = torch.repeat_interleave(torch.arange(len(q_lens)), q_lens)  # [T] request of each token
-            starts = torch.cumsum(q_lens, 0) - q_lens  # [B]
-            token_kv_lens = kv_lens[rows] - q_lens[rows] + 1 + (torch.arange(len(rows)) - starts[rows])  # [T]
+        if fb.mode.value == "verify":  # one decode row per token
+            rows, token_kv_lens = verify_rows(q_lens, kv_lens)
             fb.attn_metadata = self._decode_metadata(fb.kv_indices.index_select(0, rows), token_kv_lens, device,
                                                      num_requests=len(q_lens))
             return
@@ -195,6 +193,15 @@ class TorchNativeBackend(AttentionBackend):
         out = torch.matmul(probs[..., :num_shared].reshape(hkv, b * g, num_shared), shared_v).view(hkv, b, g, -1)
         out = out + torch.matmul(probs[..., num_shared:], values)  # [Hkv, B, G, D]
         return out.transpose(0, 1).reshape(b, -1)
+
+
+def verify_rows(q_lens: torch.Tensor, kv_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A verify step as decode rows: q_lens, kv_lens int64 [B] (new tokens, KV after the
+    step) -> (request of each token [T], keys each token's row sees [T]): token j of a
+    request sees its prefix and the new tokens up to j."""
+    rows = torch.repeat_interleave(torch.arange(len(q_lens)), q_lens)  # [T]
+    starts = torch.cumsum(q_lens, 0) - q_lens  # [B] first token of each request
+    return rows, kv_lens[rows] - q_lens[rows] + 1 + (torch.arange(len(rows)) - starts[rows])
 
 
 def _shared_prefix_len(kv_indices: torch.Tensor, kv_lens: torch.Tensor, num_requests: int) -> int:

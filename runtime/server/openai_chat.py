@@ -124,7 +124,9 @@ def _sampling_params(state: ServerState, req: ChatCompletionRequest, plan: ToolP
     requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     sp = base_sampling_params(req, resolve_max_tokens(requested, prompt_len, state, param))
-    sp = merge_constraint(sp, response_format_constraint(req.response_format), "response_format")
+    content_format = response_format_constraint(req.response_format)  # checked even when set aside
+    if not plan.forced:  # a forced call (required / named) leaves no content for response_format to shape
+        sp = merge_constraint(sp, content_format, "response_format")
     sp = merge_constraint(sp, vllm_constraint(req), "structured_outputs")
     if plan.constraint:
         if plan.forced:

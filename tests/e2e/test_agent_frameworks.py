@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import re
 
+import dspy
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
@@ -18,6 +19,7 @@ from llama_index.core.tools import FunctionTool
 from pydantic import BaseModel, Field
 
 from runtime import lang
+from runtime.integrations.dspy import radixflow_lm
 from runtime.integrations.langchain import ChatRadixflow, program_runnable
 from runtime.integrations.llama_index import Radixflow, program_tool
 from runtime.integrations.local_server import LocalServer
@@ -223,6 +225,61 @@ def test_in_process_classes_start_and_stop_their_engine(tiny_model_path):
 
 
 # ---- frameworks on their OpenAI path (no wrapper class; the recipes of the README) --------
+class ExtractPerson(dspy.Signature):
+    """Extract the person."""
+    text: str = dspy.InputField()
+    name: str = dspy.OutputField()
+    age: int = dspy.OutputField()
+
+
+class PlanCalls(dspy.Signature):
+    """Call a tool to answer the question."""
+    question: str = dspy.InputField()
+    tools: list[dspy.Tool] = dspy.InputField()
+    calls: dspy.ToolCalls = dspy.OutputField()
+
+
+class AnswerFromTool(dspy.Signature):
+    """Answer the question from the tool's result."""
+    question: str = dspy.InputField()
+    tool_result: str = dspy.InputField()
+    answer: str = dspy.OutputField()
+
+
+@pytest.fixture(scope="module")
+def dspy_lm(server):
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # DSPy's model-metadata refresh: no network
+        yield radixflow_lm(server.openai_base_url, server.model, max_tokens=64, temperature=0, cache=False)
+
+
+def test_dspy_typed_predict_is_enforced_by_the_schema(dspy_lm):
+    calls_before = len(dspy_lm.history)
+    with dspy.context(lm=dspy_lm, adapter=dspy.JSONAdapter()):
+        person = dspy.Predict(ExtractPerson)(text="Alice is 30 years old.")
+    assert isinstance(person.name, str) and isinstance(person.age, int)
+    assert len(dspy_lm.history) == calls_before + 1  # one call: no parse failure, no retry
+    assert dspy_lm.history[-1]["kwargs"]["response_format"]  # the signature's schema, sent and enforced
+    if REAL_MODEL:
+        assert (person.name, person.age) == ("Alice", 30)
+
+
+def test_dspy_native_tool_calls_in_an_agent_loop(dspy_lm):
+    """DSPy's native function calling (tools sent as OpenAI tools, calls as dspy.ToolCalls),
+    the first step forced by tool_choice; the next step answers from the tool's result."""
+    question, tools = "What's the weather in Paris?", [dspy.Tool(get_weather)]
+    with dspy.context(lm=dspy_lm, adapter=dspy.JSONAdapter(use_native_function_calling=True)):
+        plan = dspy.Predict(PlanCalls)(question=question, tools=tools,
+                                       config={"tool_choice": "required", "parallel_tool_calls": False})
+        assert [call.name for call in plan.calls.tool_calls] == ["get_weather"]
+        result = plan.calls.tool_calls[0].execute(functions=tools)
+        assert result.startswith("It is sunny and 22 C in ")
+        answer = dspy.Predict(AnswerFromTool)(question=question, tool_result=result).answer
+    assert isinstance(answer, str) and answer
+    if REAL_MODEL:
+        assert "Paris" in plan.calls.tool_calls[0].args["city"]
+
+
 def test_pydantic_ai_native_output_and_a_tool(server):
     from pydantic_ai import Agent, NativeOutput
     from pydantic_ai.models.openai import OpenAIChatModel

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Literal
 
+import openai
 import pytest
 from pydantic import BaseModel
 
@@ -87,6 +88,20 @@ def test_tool_choice_required(client):
     one = client.chat.completions.create(model=MODEL, messages=USER, max_tokens=30, tools=[WEATHER, TIME],
                                          tool_choice="required", parallel_tool_calls=False)
     assert len(one.choices[0].message.tool_calls) == 1
+
+
+def test_a_forced_tool_call_sets_response_format_aside(client):
+    """DSPy's JSONAdapter sends both: the reply is calls, so the content format has nothing to shape."""
+    fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": CITY}}
+    for tool_choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+        r = client.chat.completions.create(model=MODEL, messages=USER, max_tokens=30, tools=[WEATHER, TIME],
+                                           tool_choice=tool_choice, parallel_tool_calls=False, response_format=fmt)
+        assert r.choices[0].finish_reason == "tool_calls"
+        _check_calls(r.choices[0].message.tool_calls)
+    bad = {"type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "nonsense"}}}
+    with pytest.raises(openai.BadRequestError, match="response_format"):  # still checked
+        client.chat.completions.create(model=MODEL, messages=USER, max_tokens=5, tools=[WEATHER],
+                                       tool_choice="required", response_format=bad)
 
 
 def test_tool_choice_required_streamed(client):

@@ -23,6 +23,7 @@ EXPECTED = {  # script -> text (or texts) its output must contain
     "agents/pydantic_ai_agent.py": STRUCTURED,
     "agents/openai_agents_sdk.py": ("tool result: It is sunny and 22 C in Paris.", STRUCTURED),
     "agents/outlines_generation.py": ("sglang regex: ", "vllm regex: ", "openai json: {"),
+    "agents/dspy_program.py": ("name='Alice',", "age=30", "tool get_weather({'city': 'Paris'}) -> It is sunny"),
     "agents/litellm_completion.py": ("hosted_vllm: Person(name='Alice', age=30)", "openai: Person("),
 }
 

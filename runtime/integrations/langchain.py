@@ -18,6 +18,7 @@ OpenAI conventions exactly. What it adds:
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 from langchain_core.runnables import RunnableLambda
@@ -49,12 +50,18 @@ class ChatRadixflow(ChatOpenAI):
             values.setdefault("model", server.model)
         elif base_url is not None and not (values.get("model") or values.get("model_name")):
             values = {**values, "model": served_model(base_url)[0]}
-        values.setdefault("api_key", "unused")
+        if not any(values.get(k) for k in ("api_key", "openai_api_key")) and not os.environ.get("OPENAI_API_KEY"):
+            values = {**values, "api_key": "unused"}  # the server takes any key unless started with --api-key
+        values.setdefault("stream_usage", True)  # our streams carry usage (and cached tokens) at the end
         return values
 
     @property
     def _llm_type(self) -> str:
         return "radixflow"
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        return False  # langchain_core.load revives only the classes on its own allowlist
 
     def _get_request_payload(self, input_, *, stop=None, **kwargs):
         own = {k: getattr(self, k) for k in EXTRA_BODY_FIELDS}
@@ -65,9 +72,12 @@ class ChatRadixflow(ChatOpenAI):
             payload["extra_body"] = {**(payload.get("extra_body") or {}), **body}
         return payload
 
-    def with_structured_output(self, schema=None, *, method="json_schema", include_raw=False, strict=True,
+    def with_structured_output(self, schema=None, *, method="json_schema", include_raw=False, strict=None,
                                **kwargs):
-        """Strict JSON schema by default: our grammar enforces it while decoding."""
+        """Strict JSON schema by default: our grammar enforces it while decoding ("json_mode"
+        takes no schema, so no strict)."""
+        if strict is None and method != "json_mode":
+            strict = True
         return super().with_structured_output(schema, method=method, include_raw=include_raw, strict=strict,
                                               **kwargs)
 

@@ -90,6 +90,7 @@ class SamplingParams:
     regex: str | None = None
     ebnf: str | None = None
     structural_tag: str | dict | None = None  # free text with triggered JSON segments (tool calls)
+    grammar_reasoning: bool = False  # the constraint starts after the model's "</think>" (reasoning models)
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     no_stop_trim: bool = False
@@ -152,6 +153,7 @@ class SamplingParams:
               "presence_penalty", "in [-2, 2]")
         check(number(self.repetition_penalty) and 0.0 < self.repetition_penalty <= 10.0,
               "repetition_penalty", "in (0, 10]")
+        check(isinstance(self.grammar_reasoning, bool), "grammar_reasoning", "a boolean")
         check(self.sampling_seed is None or isinstance(self.sampling_seed, int),
               "sampling_seed", "an integer or None")
         check(self.stop is None or isinstance(self.stop, str)

@@ -24,6 +24,7 @@ GRACEFUL_S = 5
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
     """Every `radixflow serve` flag: the engine's (from EngineConfig), then the server's."""
+    from runtime.server.reasoning import PARSERS as REASONING_PARSERS
     from runtime.server.state import DEFAULT_MAX_REQUEST_BYTES
     from runtime.tool_calls.parsers import PARSERS
 
@@ -38,6 +39,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="Jinja chat template (or a JSON file with a 'chat_template' key) overriding the model's")
     p.add_argument("--tool-call-parser", default="auto", choices=["auto", *sorted(PARSERS)],
                    help="tool-call output format (auto: chosen from the chat template)")
+    p.add_argument("--reasoning-parser", default="none", choices=REASONING_PARSERS,
+                   help="think: a reasoning model (Qwen3, DeepSeek-R1, ...): its <think> section goes to "
+                        "reasoning_content, and structured output and tool calls are enforced after it")
     p.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
                    help="largest request body accepted (413 above)")
     p.add_argument("--restart-engine-on-failure", action="store_true",
@@ -53,6 +57,7 @@ def settings_from_args(args: argparse.Namespace):
     return ServerSettings(host=get("host", "127.0.0.1"), port=get("port", 30000), api_key=get("api_key"),
                           served_model_name=get("served_model_name"), chat_template=get("chat_template"),
                           tool_call_parser=get("tool_call_parser", "auto"),
+                          reasoning_parser=get("reasoning_parser", "none"),
                           max_request_bytes=get("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES),
                           restart_engine_on_failure=get("restart_engine_on_failure", False))
 

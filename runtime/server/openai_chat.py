@@ -15,6 +15,7 @@ from runtime.server.chat_template import message_to_template_dict
 from runtime.server.errors import bad_request, from_exception
 from runtime.server.metrics import StreamTimer
 from runtime.server.openai_common import (
+    CONSTRAINT_KEYS,
     abort_error,
     base_sampling_params,
     chat_logprobs,
@@ -30,6 +31,7 @@ from runtime.server.openai_common import (
     vllm_constraint,
 )
 from runtime.server.protocol import ChatCompletionRequest
+from runtime.server.reasoning import reasoning_mode, split_reasoning
 from runtime.server.state import ServerState
 from runtime.server.streaming import (
     SSE_DONE,
@@ -98,10 +100,15 @@ async def create_chat_completion(state: ServerState, req: ChatCompletionRequest,
     except ValueError as e:
         raise bad_request(str(e), param="messages") from None
     plan = await asyncio.to_thread(plan_tools, state, req)  # schema checks: off the event loop
-    _, input_ids = await state.render_and_tokenize(messages, plan.template_tools, dict(req.chat_template_kwargs or {}))
+    prompt, input_ids = await state.render_and_tokenize(messages, plan.template_tools,
+                                                        dict(req.chat_template_kwargs or {}))
     if not input_ids:
         raise bad_request("the rendered prompt is empty", param="messages")
+    reasoning = reasoning_mode(prompt) if state.settings.reasoning_parser == "think" else None
     sp = await asyncio.to_thread(_sampling_params, state, req, plan, len(input_ids))
+    if reasoning and any(sp.get(k) for k in CONSTRAINT_KEYS):
+        sp["grammar_reasoning"] = True  # the constraint holds from the end of the reasoning on
+    split = reasoning if req.separate_reasoning else None  # how to split the output (None: not at all)
     rid = req.rid or new_id("chatcmpl")
     gen = dict(input_ids=input_ids, return_logprob=req.logprobs, top_logprobs_num=req.top_logprobs or 0,
                return_text_in_logprobs=req.logprobs, cache_salt=req.cache_salt)
@@ -111,13 +118,13 @@ async def create_chat_completion(state: ServerState, req: ChatCompletionRequest,
         streams, lease = await state.open_streams(req.n, [
             partial(state.engine.async_generate, sampling_params=per_choice(sp, i), rid=r, stream=True, **gen)
             for i, r in enumerate(rids)])
-        body = _stream(state, req, plan, streams, rid, model, arrival)
+        body = _stream(state, req, plan, split, streams, rid, model, arrival)
         return SSEResponse(body, on_close=lease.release)
     with state.admitted(req.n):
         coros = [state.engine.async_generate(sampling_params=per_choice(sp, i), rid=r, **gen)
                  for i, r in enumerate(rids)]
         results = await cancel_on_disconnect(request, gather_or_cancel(coros))
-    return _response(state, req, plan, results, rid, model, arrival)
+    return _response(state, req, plan, split, results, rid, model, arrival)
 
 
 def _sampling_params(state: ServerState, req: ChatCompletionRequest, plan: ToolPlan, prompt_len: int) -> dict:
@@ -131,13 +138,13 @@ def _sampling_params(state: ServerState, req: ChatCompletionRequest, plan: ToolP
     if plan.constraint:
         if plan.forced:
             sp = merge_constraint(sp, plan.constraint, "tool_choice 'required' or a named function")
-        elif not any(sp.get(k) for k in ("json_schema", "regex", "ebnf", "structural_tag")):
+        elif not any(sp.get(k) for k in CONSTRAINT_KEYS):
             sp = {**sp, **plan.constraint}  # auto: only when nothing else constrains the output
     return sp
 
 
-def _response(state: ServerState, req, plan: ToolPlan, results: list[dict], rid: str, model: str,
-              arrival: float) -> dict:
+def _response(state: ServerState, req, plan: ToolPlan, split: str | None, results: list[dict], rid: str,
+              model: str, arrival: float) -> dict:
     choices, completion_tokens = [], 0
     for i, result in enumerate(results):
         meta = result["meta_info"]
@@ -146,11 +153,14 @@ def _response(state: ServerState, req, plan: ToolPlan, results: list[dict], rid:
         if error is not None:
             raise error
         completion_tokens += meta["completion_tokens"]
-        content, calls = result["text"], []
+        reasoning, content = split_reasoning(result["text"], split) if split else (None, result["text"])
+        calls = []
         if plan.parser is not None:
-            content, calls = plan.parser.parse(result["text"])
+            content, calls = plan.parser.parse(content)
             calls = calls[:plan.max_calls] if plan.max_calls else calls
         message: dict = {"role": "assistant", "content": content}
+        if split:
+            message["reasoning_content"] = reasoning or None
         if calls:
             message["tool_calls"] = [c.to_dict() for c in calls]
         choices.append({"index": i, "message": message,
@@ -162,7 +172,8 @@ def _response(state: ServerState, req, plan: ToolPlan, results: list[dict], rid:
             "usage": usage(metas[0]["prompt_tokens"], completion_tokens, min(m["cached_tokens"] for m in metas))}
 
 
-async def _stream(state: ServerState, req, plan: ToolPlan, streams: list, rid: str, model: str, arrival: float):
+async def _stream(state: ServerState, req, plan: ToolPlan, split: str | None, streams: list, rid: str, model: str,
+                  arrival: float):
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     created = int(arrival)
 
@@ -175,7 +186,7 @@ async def _stream(state: ServerState, req, plan: ToolPlan, streams: list, rid: s
 
     n = len(streams)
     streamers = [ToolCallStreamer(plan.parser, plan.max_calls) if plan.parser else None for _ in range(n)]
-    text_sent, tokens_sent = [0] * n, [0] * n
+    text_sent, reasoning_sent, tokens_sent = [0] * n, [0] * n, [0] * n
     timers = [StreamTimer(state.metrics, arrival) for _ in range(n)]
     metas: list[dict | None] = [None] * n
     merged = merge_streams(streams)
@@ -195,7 +206,10 @@ async def _stream(state: ServerState, req, plan: ToolPlan, streams: list, rid: s
                     yield sse_error(error)
                     yield SSE_DONE
                     return
-            text = out["text"]
+            text, reasoning_delta = out["text"], ""
+            if split:
+                reasoning, text = split_reasoning(text, split, final=finished)
+                reasoning_delta, reasoning_sent[i] = reasoning[reasoning_sent[i]:], len(reasoning)  # grows only
             tool_deltas: list[dict] = []
             if streamers[i] is not None:
                 content, tool_deltas = streamers[i].update(text, final=finished)
@@ -209,6 +223,8 @@ async def _stream(state: ServerState, req, plan: ToolPlan, streams: list, rid: s
             deltas = [{"tool_calls": [d]} for d in tool_deltas]
             if content or not deltas:
                 deltas.insert(0, {"content": content} if content else {})
+            if reasoning_delta:
+                deltas.insert(0, {"reasoning_content": reasoning_delta})
             for k, delta in enumerate(deltas):
                 chunk_logprobs = logprobs if k == 0 else None
                 if delta or chunk_logprobs:

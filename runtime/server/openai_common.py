@@ -152,9 +152,11 @@ def vllm_constraint(req) -> dict:
     return {"regex": value} if kind == "regex" else {"ebnf": value}
 
 
+CONSTRAINT_KEYS = ("json_schema", "regex", "ebnf", "structural_tag")  # the sampling params that constrain
+
+
 def merge_constraint(sp: dict, constraint: dict, source: str) -> dict:
-    keys = ("json_schema", "regex", "ebnf", "structural_tag")
-    if constraint and any(sp.get(k) is not None for k in keys):
+    if constraint and any(sp.get(k) is not None for k in CONSTRAINT_KEYS):
         raise bad_request(f"{source} cannot be combined with regex or ebnf (one constraint per request)")
     return {**sp, **constraint}
 

@@ -142,6 +142,7 @@ class ChatCompletionRequest(_SamplingFields):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
     chat_template_kwargs: dict[str, Any] | None = None
+    separate_reasoning: bool = True  # with --reasoning-parser: the reasoning in `reasoning_content`
 
 
 class CompletionRequest(_SamplingFields):

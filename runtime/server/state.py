@@ -33,6 +33,7 @@ class ServerSettings:
     served_model_name: str | None = None
     chat_template: str | None = None  # a file that overrides the checkpoint's template
     tool_call_parser: str = "auto"
+    reasoning_parser: str = "none"  # "think": outputs are [<think>] reasoning </think> answer
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     restart_engine_on_failure: bool = False
 

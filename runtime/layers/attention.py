@@ -41,13 +41,15 @@ class PaddedMetadata:
     # faster on CPU than index_select over the slot dim of [Hkv, slots, D])
     kv_flat: torch.Tensor
     max_kv: int
-    # extend only (None when every request has exactly one new token):
-    q_index: torch.Tensor | None  # int64 [B * max_q]: row of q for each padded query (padding -> 0)
+    # extend and verify (None for decode, where every request has exactly one new token):
+    q_index: torch.Tensor | None  # int64 [B * max_q]: row of q for each padded query
     out_index: torch.Tensor | None  # int64 [T]: flat position in [B * max_q] of each real query
     # bool [B, 1, max_q, max_kv]: True = may attend; None: plain causal (one request, no
     # cached prefix: SDPA's causal kernel, 1.4-2x faster than a mask at 512-2k tokens)
     mask: torch.Tensor | None
-    # decode only: float32 [B, 1, max_kv], 0 where a key is real and -inf on padding
+    # decode and verify: float32 [B, M, max_kv], 0 where a key is real and -inf on padding;
+    # M = 1 for decode (every query head sees the same keys), max_q * G for verify (query
+    # row r * G + g: token r of the request, head g of a KV head's group)
     decode_bias: torch.Tensor | None
     # decode only: int64 [Hkv * S], buffer rows (as kv_flat) of a prefix every request in
     # the batch shares (the radix cache gave them the same slots); kv_flat/max_kv/decode_bias
@@ -70,8 +72,9 @@ class TorchNativeBackend(AttentionBackend):
 
     Extend: queries padded to [B, max_q], one SDPA call with a causal+padding mask (none
     for a lone request over an empty prefix: then SDPA's own causal kernel).
-    Verify (a decode step with drafts): each new token is a decode row of its own, over
-    its request's keys up to itself, so it gets the bits a plain decode step would give it.
+    Verify (a decode step with drafts): each new token is a decode row over its request's
+    keys up to itself, so it gets the bits a plain decode step would give it; a request's
+    KV is gathered once and its tokens' rows are stacked into one product with it.
     Decode (one query per request): a grouped-query matmul-softmax-matmul. On CPU this
     is several times faster than SDPA, whose flash kernel pads one query up to a block.
     When every request of a decode batch starts with the same KV slots (a system prompt,
@@ -89,9 +92,7 @@ class TorchNativeBackend(AttentionBackend):
             fb.attn_metadata = self._decode_metadata(fb.kv_indices, kv_lens, device)
             return
         if fb.mode.value == "verify":  # one decode row per token
-            rows, token_kv_lens = verify_rows(q_lens, kv_lens)
-            fb.attn_metadata = self._decode_metadata(fb.kv_indices.index_select(0, rows), token_kv_lens, device,
-                                                     num_requests=len(q_lens))
+            fb.attn_metadata = self._verify_metadata(fb.kv_indices, q_lens, kv_lens, device)
             return
         kv_flat = self._buffer_rows(fb.kv_indices.reshape(-1))
         kj = torch.arange(max_kv)[None, None, :]  # [1, 1, max_kv]
@@ -115,17 +116,32 @@ class TorchNativeBackend(AttentionBackend):
         heads = torch.arange(self.num_kv_heads, dtype=torch.int64, device=slots.device)[:, None] * self.pool.num_slots
         return (heads + slots[None, :]).reshape(-1)
 
-    def _decode_metadata(self, kv_indices: torch.Tensor, kv_lens: torch.Tensor, device,
-                         num_requests: int | None = None) -> PaddedMetadata:
-        """kv_indices: int64 [B, max_kv]; kv_lens: int64 [B] (each row's KV, its new token
-        included); a verify step has one row per token of `num_requests` requests.
-        The keys are padded (with slot 0) to a multiple of DECODE_KV_ALIGN, and a shared
-        prefix is cut at a multiple of it: the bf16 products then give a row the same bits
-        whatever the batch's longest row is, and a verify row the bits of a decode row."""
+    def _decode_metadata(self, kv_indices: torch.Tensor, kv_lens: torch.Tensor, device) -> PaddedMetadata:
+        """kv_indices: int64 [B, max_kv]; kv_lens: int64 [B] (each row's KV, its new token included)."""
+        return self._rows_metadata(kv_indices, kv_lens[:, None], device)
+
+    def _verify_metadata(self, kv_indices, q_lens, kv_lens, device) -> PaddedMetadata:
+        """kv_indices: int64 [B, max_kv]; q_lens, kv_lens: int64 [B] (the request's last token
+        and draft; its KV after the step). Token r of request b is query row r (padded to
+        max_q with copies of the last token) and sees the first kv_lens[b] - q_lens[b] + 1 + r keys."""
+        max_q = int(q_lens.max())
+        r = torch.minimum(torch.arange(max_q)[None, :], q_lens[:, None] - 1)  # [B, max_q]
+        starts = torch.cumsum(q_lens, 0) - q_lens  # [B] first row of each request in q
+        md = self._rows_metadata(kv_indices, kv_lens[:, None] - q_lens[:, None] + 1 + r, device)
+        md.q_index = (starts[:, None] + r).reshape(-1).to(device)
+        md.out_index = torch.cat([i * max_q + torch.arange(int(n)) for i, n in enumerate(q_lens)]).to(device)
+        return md
+
+    def _rows_metadata(self, kv_indices: torch.Tensor, visible: torch.Tensor, device) -> PaddedMetadata:
+        """kv_indices: int64 [B, max_kv]; visible: int64 [B, R], how many leading keys each of a
+        request's R query rows sees. The keys are padded (with slot 0) to a multiple of
+        DECODE_KV_ALIGN, and a shared prefix is cut at a multiple of it: the bf16 products
+        then give a row the same bits whatever the batch's longest row is, and a verify row
+        the bits of a decode row."""
         pad = -kv_indices.shape[1] % DECODE_KV_ALIGN
         if pad:
             kv_indices = F.pad(kv_indices, (0, pad))
-        shared = _shared_prefix_len(kv_indices, kv_lens, num_requests or kv_indices.shape[0])
+        shared = _shared_prefix_len(kv_indices, visible.min(dim=1).values)
         shared_slots = kv_indices[0, :shared].contiguous() if shared else None
         shared_range = None
         if shared and int(shared_slots[-1]) - int(shared_slots[0]) == shared - 1 \
@@ -133,8 +149,11 @@ class TorchNativeBackend(AttentionBackend):
             shared_range = (int(shared_slots[0]), shared)  # a view of the pool: no gather at all
         tail = kv_indices[:, shared:]  # [B, max_kv - S]
         kj = torch.arange(tail.shape[1])[None, None, :]  # [1, 1, max_kv - S]
-        pad = kj >= (kv_lens - shared)[:, None, None]  # [B, 1, max_kv - S]
+        pad = kj >= (visible - shared)[:, :, None]  # [B, R, max_kv - S]
         bias = torch.zeros(pad.shape, dtype=torch.float32).masked_fill_(pad, float("-inf"))
+        group = self.num_heads // self.num_kv_heads
+        if visible.shape[1] > 1:  # each query row's bias for each head of its group: [B, R * G, max_kv - S]
+            bias = bias.repeat_interleave(group, dim=1)
         return PaddedMetadata(self._buffer_rows(tail.reshape(-1)).to(device), tail.shape[1], None, None, None,
                               bias.to(device), None if not shared else self._buffer_rows(shared_slots).to(device),
                               shared_range)
@@ -142,11 +161,16 @@ class TorchNativeBackend(AttentionBackend):
     def forward(self, q, k, v, layer_id, fb):
         pool, md = self.pool, fb.attn_metadata
         pool.write(layer_id, fb.out_cache_loc, k, v)
-        hkv = self.num_kv_heads
-        b = q.shape[0] if md.decode_bias is not None else fb.batch_size  # decode rows: one per token
+        hkv, g = self.num_kv_heads, self.num_heads // self.num_kv_heads
+        b = md.kv_flat.numel() // (hkv * md.max_kv)  # requests (decode: padded rows included)
         keys = pool.rows(layer_id, False, md.kv_flat).view(hkv, b, md.max_kv, -1)
         values = pool.rows(layer_id, True, md.kv_flat).view(hkv, b, md.max_kv, -1)
         if md.decode_bias is not None:
+            if md.q_index is None:  # decode: [B, H, D] -> [Hkv, B, G, D]
+                qg = q.reshape(b, hkv, g, -1).transpose(0, 1)
+            else:  # verify: token r, head g of request b at row r * G + g: [Hkv, B, max_q * G, D]
+                qg = q.index_select(0, md.q_index).view(b, -1, hkv, g, self.head_dim).permute(2, 0, 1, 3, 4)
+                qg = qg.reshape(hkv, b, -1, self.head_dim)
             if md.shared_slots is not None:
                 if md.shared_range is not None:
                     shared = (pool.slot_range(layer_id, False, *md.shared_range),
@@ -154,8 +178,13 @@ class TorchNativeBackend(AttentionBackend):
                 else:
                     shared = (pool.rows(layer_id, False, md.shared_slots).view(hkv, -1, self.head_dim),
                               pool.rows(layer_id, True, md.shared_slots).view(hkv, -1, self.head_dim))
-                return self._decode_cascade(q, shared, keys, values, md.decode_bias)  # shared: [Hkv, S, D] each
-            return self._decode(q, keys, values, md.decode_bias)
+                out = self._decode_cascade(qg, shared, keys, values, md.decode_bias)  # shared: [Hkv, S, D] each
+            else:
+                out = self._decode(qg, keys, values, md.decode_bias)
+            if md.q_index is None:
+                return out.transpose(0, 1).reshape(b, -1)  # [B, H * D]
+            out = out.view(hkv, b, -1, g, self.head_dim).permute(1, 2, 0, 3, 4)  # [B, max_q, Hkv, G, D]
+            return out.reshape(-1, self.num_heads * self.head_dim).index_select(0, md.out_index)  # [T, H * D]
         max_q = len(md.q_index) // b
         queries = q.index_select(0, md.q_index).view(b, max_q, self.num_heads, -1).transpose(1, 2)
         out = F.scaled_dot_product_attention(queries, keys.transpose(0, 1), values.transpose(0, 1),
@@ -164,35 +193,30 @@ class TorchNativeBackend(AttentionBackend):
         out = out.transpose(1, 2).reshape(b * max_q, -1)  # [B * max_q, H * D]
         return out.index_select(0, md.out_index)  # [T, H * D]
 
-    def _decode(self, q, keys, values, bias):
-        """q: [B, H, D]; keys/values: [Hkv, B, max_kv, D] (contiguous, straight from the
-        gather); bias: [B, 1, max_kv] -> [B, H * D]. Query heads are grouped by the KV head
-        they share, batch dims ordered (Hkv, B) so that no KV copy is needed."""
-        b, hkv = q.shape[0], self.num_kv_heads
-        qg = q.reshape(b, hkv, self.num_heads // hkv, -1).transpose(0, 1)  # [Hkv, B, G, D]
-        scores = torch.matmul(qg, keys.transpose(-1, -2))  # [Hkv, B, G, max_kv]
-        probs = torch.softmax(scores.float() * self.scale + bias, dim=-1).to(q.dtype)
-        out = torch.matmul(probs, values)  # [Hkv, B, G, D]
-        return out.transpose(0, 1).reshape(b, -1)
+    def _decode(self, qg, keys, values, bias):
+        """qg: [Hkv, B, M, D], the M query rows of each request that read a KV head (its G
+        heads; a verify step's tokens x G); keys/values: [Hkv, B, max_kv, D] (contiguous,
+        straight from the gather); bias: [B, 1 or M, max_kv] -> [Hkv, B, M, D]. Batch dims
+        ordered (Hkv, B) so that no KV copy is needed."""
+        scores = torch.matmul(qg, keys.transpose(-1, -2))  # [Hkv, B, M, max_kv]
+        probs = torch.softmax(scores.float() * self.scale + bias, dim=-1).to(qg.dtype)
+        return torch.matmul(probs, values)  # [Hkv, B, M, D]
 
-    def _decode_cascade(self, q, shared, keys, values, bias):
+    def _decode_cascade(self, qg, shared, keys, values, bias):
         """Like _decode, with a prefix of S keys/values [Hkv, S, D] that all B requests
-        share, read once: its scores come from one [B * G, D] x [D, S] product per KV head,
-        are joined to each request's tail scores [Hkv, B, G, max_tail] for one softmax, and
+        share, read once: its scores come from one [B * M, D] x [D, S] product per KV head,
+        are joined to each request's tail scores [Hkv, B, M, max_tail] for one softmax, and
         the two parts of the output are summed."""
-        b, hkv = q.shape[0], self.num_kv_heads
-        g = self.num_heads // hkv
+        hkv, b, m, _ = qg.shape
         shared_k, shared_v = shared
-        qg = q.reshape(b, hkv, g, -1).transpose(0, 1)  # [Hkv, B, G, D]
-        prefix_scores = torch.matmul(qg.reshape(hkv, b * g, -1), shared_k.transpose(-1, -2))  # [Hkv, B*G, S]
-        tail_scores = torch.matmul(qg, keys.transpose(-1, -2))  # [Hkv, B, G, max_tail]
+        prefix_scores = torch.matmul(qg.reshape(hkv, b * m, -1), shared_k.transpose(-1, -2))  # [Hkv, B*M, S]
+        tail_scores = torch.matmul(qg, keys.transpose(-1, -2))  # [Hkv, B, M, max_tail]
         num_shared = shared_k.shape[1]
-        scores = torch.cat((prefix_scores.view(hkv, b, g, num_shared), tail_scores), dim=-1)
+        scores = torch.cat((prefix_scores.view(hkv, b, m, num_shared), tail_scores), dim=-1)
         bias = F.pad(bias, (num_shared, 0))  # the shared keys are real for every request
-        probs = torch.softmax(scores.float() * self.scale + bias, dim=-1).to(q.dtype)
-        out = torch.matmul(probs[..., :num_shared].reshape(hkv, b * g, num_shared), shared_v).view(hkv, b, g, -1)
-        out = out + torch.matmul(probs[..., num_shared:], values)  # [Hkv, B, G, D]
-        return out.transpose(0, 1).reshape(b, -1)
+        probs = torch.softmax(scores.float() * self.scale + bias, dim=-1).to(qg.dtype)
+        out = torch.matmul(probs[..., :num_shared].reshape(hkv, b * m, num_shared), shared_v).view(hkv, b, m, -1)
+        return out + torch.matmul(probs[..., num_shared:], values)  # [Hkv, B, M, D]
 
 
 def verify_rows(q_lens: torch.Tensor, kv_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,12 +228,13 @@ def verify_rows(q_lens: torch.Tensor, kv_lens: torch.Tensor) -> tuple[torch.Tens
     return rows, kv_lens[rows] - q_lens[rows] + 1 + (torch.arange(len(rows)) - starts[rows])
 
 
-def _shared_prefix_len(kv_indices: torch.Tensor, kv_lens: torch.Tensor, num_requests: int) -> int:
+def _shared_prefix_len(kv_indices: torch.Tensor, kv_lens: torch.Tensor, num_requests: int | None = None) -> int:
     """Leading KV slots that every row of kv_indices [B, max_kv] holds at the same
     positions, short of each row's last (new) token, rounded down to a multiple of
-    DECODE_KV_ALIGN; 0 below MIN_SHARED_PREFIX or for a single request (nothing to share)."""
+    DECODE_KV_ALIGN; 0 below MIN_SHARED_PREFIX or for a single request (nothing to share;
+    `num_requests`: how many the rows belong to, when that is not one each)."""
     limit = int(kv_lens.min()) - 1
-    if num_requests < 2 or limit < MIN_SHARED_PREFIX:
+    if (num_requests or kv_indices.shape[0]) < 2 or limit < MIN_SHARED_PREFIX:
         return 0
     same = (kv_indices[:, :limit] == kv_indices[:1, :limit]).all(dim=0)  # [limit]
     shared = limit if bool(same.all()) else int(same.logical_not().nonzero()[0])

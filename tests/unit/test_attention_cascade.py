@@ -51,11 +51,12 @@ def test_cascade_equals_plain_decode(heads, kv_heads):
     gather = [pool.rows(0, value, md.kv_flat).view(kv_heads, len(tails), md.max_kv, dim) for value in (False, True)]
     shared_kv = tuple(pool.rows(0, value, md.shared_slots).view(kv_heads, shared, dim) for value in (False, True))
     assert torch.equal(shared_kv[0], buffers[0].narrow(1, *md.shared_range))  # the in-place view reads the same
-    got = attn._decode_cascade(q, shared_kv, *gather, md.decode_bias)
+    qg = q.view(len(tails), kv_heads, heads // kv_heads, dim).transpose(0, 1)  # [Hkv, B, G, D]
+    got = attn._decode_cascade(qg, shared_kv, *gather, md.decode_bias)
     # the plain path over each request's whole KV
     full = [b.index_select(1, kv.reshape(-1)).view(kv_heads, len(tails), width, dim) for b in buffers]
     bias = torch.zeros(len(tails), 1, width).masked_fill_(torch.arange(width) >= lens[:, None, None], float("-inf"))
-    want = attn._decode(q, *full, bias)
+    want = attn._decode(qg, *full, bias)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 

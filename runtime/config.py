@@ -151,6 +151,10 @@ class EngineConfig:
                                                 "in float)", QUANTIZATIONS)
     kv_cache_dtype: str = _option("auto", "KV cache storage: auto (the model dtype) or int8 (per token and head "
                                           "scales: about half the memory of bf16)", ("auto", "int8"))
+    kv_events_endpoint: str | None = _option(
+        None, "publish KV-cache events (block stored/removed/all cleared, vLLM's msgpack format) on a ZMQ PUB "
+              "socket bound here, e.g. tcp://*:5557 (runtime/cache/kv_events.py; needs radixflow[kv-events])")
+    kv_events_topic: str = _option("", "ZMQ topic of the KV-cache events")
     extra: dict = field(default_factory=dict)  # bench/test switches (e.g. record_step_times); no flag
 
     def __post_init__(self) -> None:

@@ -45,6 +45,8 @@ class Node:
 class RadixCache(PrefixCache):
     def __init__(self, pool: KVPool, page_size: int = 1) -> None:
         super().__init__(pool, page_size)
+        # what happened to the pages, for KV events (kv_events.py); None: not kept
+        self.event_log: list[tuple] | None = None
         self.reset_tree()
 
     # ---- structure helpers ---------------------------------------------------
@@ -149,6 +151,9 @@ class RadixCache(PrefixCache):
         node.page_hashes = chain_page_hashes(node.key, self.page_size, node.parent.page_hashes[-1])
         for h in node.page_hashes:
             self.hash_index[h] = node
+        if self.event_log is not None and node.page_hashes:
+            parent = node.parent.page_hashes[-1] if node.parent.parent is not None else None
+            self.event_log.append(("stored", node.page_hashes, parent, node.key))
 
     def lookup_page_hashes(self, hashes: list[int]) -> int:
         """How many leading pages of a prefix (given as `prefix_page_hashes`) are cached;
@@ -193,6 +198,8 @@ class RadixCache(PrefixCache):
             del parent.children[self._head(leaf.key)]
             for h in leaf.page_hashes:
                 self.hash_index.pop(h, None)
+            if self.event_log is not None and leaf.page_hashes:
+                self.event_log.append(("removed", leaf.page_hashes))
             if not parent.children and parent.lock_ref == 0 and parent.parent is not None:
                 heapq.heappush(heap, parent)
         return freed
@@ -208,6 +215,8 @@ class RadixCache(PrefixCache):
             if node.parent is not None:
                 self.pool.free(node.value)
         self.reset_tree()
+        if self.event_log is not None:
+            self.event_log.append(("cleared",))
 
     def _nodes(self) -> Iterator[Node]:
         stack = list(self.roots.values())

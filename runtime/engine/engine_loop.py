@@ -63,6 +63,12 @@ class EngineCore:
         self.grammars = GrammarManager(cfg, model_path, mc.vocab_size, mc.eos_token_ids)
         self.scheduler = Scheduler(cfg, self.runner, self.runner.pool, self.runner.table, self.cache,
                                    self.runner.context_len, mc.eos_token_ids, self.grammars)
+        self.kv_events = None  # KVEventPublisher with --kv-events-endpoint
+        if cfg.kv_events_endpoint is not None and hasattr(self.cache, "event_log"):
+            from runtime.cache.kv_events import KVEventPublisher
+
+            self.kv_events = KVEventPublisher(cfg.kv_events_endpoint, cfg.kv_events_topic, cfg.page_size)
+            self.cache.event_log = []
         self.step_times: list[dict] = []  # per step: mode, batch_size, start, wall s, forward s (bench only)
         self.fail_next_step = False  # the "fail_next_step" test hook
 
@@ -106,6 +112,7 @@ class EngineCore:
                                  f"{n['waiting']} waiting)")
         self.cache.reset()
         self.scheduler.drafter.forget()  # what the suffix source learnt goes with the cache
+        self.publish_kv_events()
         return {"flushed": True}
 
     def _lookup_page_hashes(self, msg: LookupPageHashes) -> dict:
@@ -131,9 +138,15 @@ class EngineCore:
         CheckLeaks: _check_leaks,
     }
 
+    def publish_kv_events(self) -> None:
+        if self.kv_events is not None and self.cache.event_log:
+            self.kv_events.publish(self.cache.event_log)
+            self.cache.event_log.clear()
+
     def step(self) -> list:
         start, fwd0 = time.perf_counter(), self.runner.forward_time
         outs = self.scheduler.step()
+        self.publish_kv_events()
         batch = self.scheduler.last_batch
         if self.cfg.extra.get("record_step_times") and batch is not None:
             self.step_times.append({"mode": batch.mode.value, "batch_size": len(batch.reqs), "start": start,

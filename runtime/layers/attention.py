@@ -122,8 +122,15 @@ class TorchNativeBackend(AttentionBackend):
 
     def _verify_metadata(self, kv_indices, q_lens, kv_lens, device) -> PaddedMetadata:
         """kv_indices: int64 [B, max_kv]; q_lens, kv_lens: int64 [B] (the request's last token
-        and draft; its KV after the step). Token r of request b is query row r (padded to
-        max_q with copies of the last token) and sees the first kv_lens[b] - q_lens[b] + 1 + r keys."""
+        and draft; its KV after the step). Token r of request b sees the first
+        kv_lens[b] - q_lens[b] + 1 + r keys. With a prefix all requests share, each token is
+        a row of its own (the prefix is read once for all, cascade); else a request's tokens
+        are its query rows r (padded to max_q with copies of the last token) over its KV
+        gathered once."""
+        if _shared_prefix_len(kv_indices, kv_lens - q_lens + 1):
+            rows, token_kv_lens = verify_rows(q_lens, kv_lens)
+            return self._rows_metadata(kv_indices.index_select(0, rows), token_kv_lens[:, None], device,
+                                       num_requests=len(q_lens))
         max_q = int(q_lens.max())
         r = torch.minimum(torch.arange(max_q)[None, :], q_lens[:, None] - 1)  # [B, max_q]
         starts = torch.cumsum(q_lens, 0) - q_lens  # [B] first row of each request in q
@@ -132,16 +139,17 @@ class TorchNativeBackend(AttentionBackend):
         md.out_index = torch.cat([i * max_q + torch.arange(int(n)) for i, n in enumerate(q_lens)]).to(device)
         return md
 
-    def _rows_metadata(self, kv_indices: torch.Tensor, visible: torch.Tensor, device) -> PaddedMetadata:
+    def _rows_metadata(self, kv_indices: torch.Tensor, visible: torch.Tensor, device,
+                       num_requests: int | None = None) -> PaddedMetadata:
         """kv_indices: int64 [B, max_kv]; visible: int64 [B, R], how many leading keys each of a
-        request's R query rows sees. The keys are padded (with slot 0) to a multiple of
-        DECODE_KV_ALIGN, and a shared prefix is cut at a multiple of it: the bf16 products
-        then give a row the same bits whatever the batch's longest row is, and a verify row
-        the bits of a decode row."""
+        row's R queries sees (B rows of `num_requests` requests, default one each). The keys
+        are padded (with slot 0) to a multiple of DECODE_KV_ALIGN, and a shared prefix is cut
+        at a multiple of it: the bf16 products then give a row the same bits whatever the
+        batch's longest row is, and a verify row the bits of a decode row."""
         pad = -kv_indices.shape[1] % DECODE_KV_ALIGN
         if pad:
             kv_indices = F.pad(kv_indices, (0, pad))
-        shared = _shared_prefix_len(kv_indices, visible.min(dim=1).values)
+        shared = _shared_prefix_len(kv_indices, visible.min(dim=1).values, num_requests)
         shared_slots = kv_indices[0, :shared].contiguous() if shared else None
         shared_range = None
         if shared and int(shared_slots[-1]) - int(shared_slots[0]) == shared - 1 \

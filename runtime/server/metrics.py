@@ -1,4 +1,6 @@
-"""Prometheus metrics, all named `radixflow:*`, in a registry owned by one server.
+"""Prometheus metrics, named `radixflow:*`, in a registry owned by one server; beside them
+the engine gauges under the `vllm:*` names that routers score replicas on (llm-d's
+inference scheduler, vLLM's production stack), so Radixflow replicas can sit behind them.
 
 Counters and latency histograms are fed by the serving code as requests finish;
 gauges that describe the engine (running/waiting requests, KV token usage, cache hit
@@ -41,6 +43,14 @@ class ServerMetrics:
         self.num_requests_waiting = gauge("num_requests_waiting", "Requests queued in the engine")
         self.num_requests_in_flight = gauge("num_requests_in_flight", "Engine requests admitted by the server")
         self.token_usage = gauge("token_usage", "Fraction of KV-pool tokens held by requests or locked")
+
+        def vllm_gauge(name, doc):
+            return Gauge(f"vllm:{name}", doc, labels, registry=r).labels(**self.labels)
+
+        # the same quantities under vLLM's names (values as vLLM reports them)
+        self.vllm_running = vllm_gauge("num_requests_running", "= radixflow:num_requests_running")
+        self.vllm_waiting = vllm_gauge("num_requests_waiting", "= radixflow:num_requests_waiting")
+        self.vllm_kv_usage = vllm_gauge("kv_cache_usage_perc", "KV-cache usage, 1 = full (= radixflow:token_usage)")
         self.cache_hit_rate = gauge("cache_hit_rate", "Prompt tokens served from the prefix cache / prompt tokens")
         # speculative decoding (grammar drafts included), counted by the engine since it started
         self.spec_verify_steps = gauge("spec_verify_steps", "Steps that verified drafts, since the engine started")
@@ -70,11 +80,14 @@ class ServerMetrics:
         self.e2e_latency.observe(e2e_s)
 
     def update_engine_state(self, info: dict) -> None:
-        self.num_requests_running.set(info.get("running", 0))
-        self.num_requests_waiting.set(info.get("waiting", 0))
+        running, waiting = info.get("running", 0), info.get("waiting", 0)
         total = info.get("max_total_tokens") or 1
         free = info.get("available_tokens", total) + info.get("evictable_tokens", 0)
-        self.token_usage.set(max(0.0, (total - free) / total))
+        usage = max(0.0, (total - free) / total)
+        for gauge, value in ((self.num_requests_running, running), (self.vllm_running, running),
+                             (self.num_requests_waiting, waiting), (self.vllm_waiting, waiting),
+                             (self.token_usage, usage), (self.vllm_kv_usage, usage)):
+            gauge.set(value)
         prompt = info.get("prompt_tokens", 0)
         self.cache_hit_rate.set(info.get("cached_tokens", 0) / prompt if prompt else 0.0)
         drafted, kept = info.get("draft_tokens", 0), info.get("accepted_draft_tokens", 0)

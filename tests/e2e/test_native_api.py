@@ -104,3 +104,10 @@ def test_metrics(http):
               if line.startswith("radixflow:spec_")}
     assert values["radixflow:spec_draft_tokens"] >= values["radixflow:spec_accepted_tokens"] > 0, values
     assert 0 < values["radixflow:spec_acceptance_rate"] <= 1
+    # the gauges routers score replicas on, under vLLM's names (llm-d), equal to ours
+    gauges = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+              if line.startswith(("vllm:", "radixflow:num_requests", "radixflow:token_usage"))}
+    assert gauges["vllm:num_requests_running"] == gauges["radixflow:num_requests_running"]
+    assert gauges["vllm:num_requests_waiting"] == gauges["radixflow:num_requests_waiting"]
+    assert gauges["vllm:kv_cache_usage_perc"] == gauges["radixflow:token_usage"]
+    assert 0 <= gauges["vllm:kv_cache_usage_perc"] <= 1

@@ -66,6 +66,7 @@ class SamplingParamError(ValueError):
 # The OpenAI API's (and SGLang frontend's) names for SamplingParams fields named otherwise.
 OPENAI_NAMES = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens", "sampling_seed": "seed"}
 MAX_TEMPERATURE = 2.0  # OpenAI's documented bound, applied to every API
+CONSTRAINT_FIELDS = ("json_schema", "regex", "ebnf", "structural_tag")  # the SamplingParams that constrain
 
 
 @dataclass
@@ -170,7 +171,7 @@ class SamplingParams:
             check(all(isinstance(t, int) and t >= 0 and (vocab_size is None or t < vocab_size)
                       for t in self.stop_token_ids),
                   "stop_token_ids", f"token ids in [0, {vocab_size})")
-        num_constraints = sum(x is not None for x in (self.json_schema, self.regex, self.ebnf, self.structural_tag))
+        num_constraints = sum(getattr(self, name) is not None for name in CONSTRAINT_FIELDS)
         if num_constraints > 1:
             raise SamplingParamError("json_schema", "only one of json_schema, regex, ebnf, structural_tag may be set")
 

@@ -11,11 +11,11 @@ from functools import partial
 
 from starlette.requests import Request
 
+from runtime.core import CONSTRAINT_FIELDS
 from runtime.server.chat_template import message_to_template_dict
 from runtime.server.errors import bad_request, from_exception
 from runtime.server.metrics import StreamTimer
 from runtime.server.openai_common import (
-    CONSTRAINT_KEYS,
     abort_error,
     base_sampling_params,
     chat_logprobs,
@@ -106,7 +106,7 @@ async def create_chat_completion(state: ServerState, req: ChatCompletionRequest,
         raise bad_request("the rendered prompt is empty", param="messages")
     reasoning = reasoning_mode(prompt) if state.settings.reasoning_parser == "think" else None
     sp = await asyncio.to_thread(_sampling_params, state, req, plan, len(input_ids))
-    if reasoning and any(sp.get(k) for k in CONSTRAINT_KEYS):
+    if reasoning and any(sp.get(k) for k in CONSTRAINT_FIELDS):
         sp["grammar_reasoning"] = True  # the constraint holds from the end of the reasoning on
     split = reasoning if req.separate_reasoning else None  # how to split the output (None: not at all)
     rid = req.rid or new_id("chatcmpl")
@@ -138,7 +138,7 @@ def _sampling_params(state: ServerState, req: ChatCompletionRequest, plan: ToolP
     if plan.constraint:
         if plan.forced:
             sp = merge_constraint(sp, plan.constraint, "tool_choice 'required' or a named function")
-        elif not any(sp.get(k) for k in CONSTRAINT_KEYS):
+        elif not any(sp.get(k) for k in CONSTRAINT_FIELDS):
             sp = {**sp, **plan.constraint}  # auto: only when nothing else constrains the output
     return sp
 

@@ -10,7 +10,7 @@ import math
 import uuid
 
 from runtime.constrained.regex_util import choices_regex
-from runtime.core import OPENAI_NAMES, SamplingParamError, SamplingParams
+from runtime.core import CONSTRAINT_FIELDS, OPENAI_NAMES, SamplingParamError, SamplingParams
 from runtime.prompt_check import check_fits
 from runtime.server.errors import APIError, bad_request
 from runtime.server.protocol import OPENAI_EXCLUDED
@@ -152,11 +152,8 @@ def vllm_constraint(req) -> dict:
     return {"regex": value} if kind == "regex" else {"ebnf": value}
 
 
-CONSTRAINT_KEYS = ("json_schema", "regex", "ebnf", "structural_tag")  # the sampling params that constrain
-
-
 def merge_constraint(sp: dict, constraint: dict, source: str) -> dict:
-    if constraint and any(sp.get(k) is not None for k in CONSTRAINT_KEYS):
+    if constraint and any(sp.get(k) is not None for k in CONSTRAINT_FIELDS):
         raise bad_request(f"{source} cannot be combined with regex or ebnf (one constraint per request)")
     return {**sp, **constraint}
 

@@ -139,7 +139,10 @@ class EngineConfig:
     speculative_num_draft_tokens: int = _option(8, "longest draft per request and step")
     disable_jump_forward: bool = _option(False, "do not draft the text a grammar forces (jump-forward: verified "
                                                 "like any draft, so outputs are unchanged)")
-    num_threads: int | None = _option(None, "torch CPU threads in the engine process")
+    tp_size: int = _option(1, "tensor parallelism: ranks sharing each layer's heads and MLP columns (torch."
+                              "distributed: gloo on CPU, NCCL on CUDA, one GPU per rank; runtime/engine/"
+                              "tensor_parallel.py)")
+    num_threads: int | None = _option(None, "torch CPU threads per rank (default: the cores / --tp-size)")
     cpu_linear: str = _option("auto", "CPU linear layers: onednn (weights reordered once at load; bf16 only) or "
                                       "torch (F.linear); auto: onednn where available", ("auto", "onednn", "torch"))
     quantization: str = _option("none", "weight-only quantization of the linear layers, CPU (runtime/layers/"
@@ -167,6 +170,7 @@ class EngineConfig:
         check(self.max_prefill_tokens >= 1, "max_prefill_tokens must be >= 1")
         check(self.max_running_requests >= 1, "max_running_requests must be >= 1")
         check(self.cuda_graph_max_bs >= 1, "cuda_graph_max_bs must be >= 1")
+        check(self.tp_size >= 1, "tp_size must be >= 1")
         check(self.max_queued_requests >= 1, "max_queued_requests must be >= 1")
         check(self.speculative_num_draft_tokens >= 0, "speculative_num_draft_tokens must be >= 0")
         for f in dataclasses.fields(self):

@@ -177,7 +177,9 @@ def run_engine_process(cfg: EngineConfig, model_path: str, conn) -> None:
     try:
         _loop(core, conn)
     except (EOFError, OSError):
-        return  # the parent is gone
+        return  # the parent is gone (tensor-parallel workers see our end of their connection close)
+    finally:
+        core.runner.close()
 
 
 def _loop(core: EngineCore, conn) -> None:

@@ -17,8 +17,10 @@ from runtime.components import ATTENTION_BACKENDS, load
 from runtime.config import EngineConfig, ModelConfig
 from runtime.engine.forward_batch import ForwardMode
 from runtime.engine.sampler import SamplingBatch, compute_logprobs, greedy_tokens, is_plain_greedy, sample
+from runtime.engine.tensor_parallel import agree
 from runtime.engine.verify import verify_drafts
 from runtime.layers.linear import onednn_packing_available
+from runtime.layers.parallel import SINGLE, TensorParallel
 from runtime.models.loader import load_model
 
 logger = logging.getLogger(__name__)
@@ -61,18 +63,29 @@ def _return_freed_memory() -> None:
 
 
 class ModelRunner:
-    def __init__(self, cfg: EngineConfig, model_path: str) -> None:
+    """tp: a worker rank's place in the tensor-parallel group (runtime/engine/tensor_parallel.py);
+    None on the engine's own runner, which is rank 0 and starts the workers when tp_size > 1."""
+
+    def __init__(self, cfg: EngineConfig, model_path: str, tp: TensorParallel | None = None) -> None:
         self.cfg = cfg
         self.device = cfg.resolved_device()
-        if self.device == "cpu":
-            torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
+        if self.device == "cpu":  # the cores are shared among the ranks
+            torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // cfg.tp_size))
             _keep_freed_memory()
         torch.manual_seed(cfg.random_seed)
         self.model_config = ModelConfig.from_hf(model_path)
         mc = self.model_config
+        self.tp_workers = None  # rank 0 with tp_size > 1: TPWorkers
+        if tp is None and cfg.tp_size > 1:
+            from runtime.engine.tensor_parallel import TPWorkers, check_shardable
+
+            check_shardable(mc, cfg.tp_size)  # before any worker starts
+            self.tp_workers = TPWorkers(cfg, model_path, self.device)
+            tp = self.tp_workers.tp
+        self.tp = tp or SINGLE
         self.dtype = cfg.resolved_dtype(mc)
         if cfg.quantization == cfg.lm_head_quantization == "none":
-            self.model = load_model(model_path, mc, self.dtype, self.device)
+            self.model = load_model(model_path, mc, self.dtype, self.device, self.tp)
         else:
             self.model = self._load_quantized(model_path)
         # CUDA: element-wise ops on the Triton kernels (extra={"fused_kernels": True}: on CPU, interpreted, for tests)
@@ -82,13 +95,16 @@ class ModelRunner:
         self.context_len = min(cfg.context_length or mc.max_position_embeddings, mc.max_position_embeddings)
         if mc.sliding_window:  # no sliding-window attention yet: stay inside the window
             self.context_len = min(self.context_len, mc.sliding_window)
-        num_slots = self._pool_size()
-        self.pool = KVPool(mc.num_layers, num_slots, mc.num_kv_heads, mc.head_dim, self.dtype,
+        num_slots = agree(self._pool_size(), self.tp)  # rank 0's size: its allocator decides for all
+        heads, kv_heads = self.tp.split(mc.num_heads, "attention heads"), self.tp.split(mc.num_kv_heads, "KV heads")
+        self.pool = KVPool(mc.num_layers, num_slots, kv_heads, mc.head_dim, self.dtype,
                            self.device, cfg.page_size, int8=cfg.kv_cache_dtype == "int8")
         self.table = ReqToTokenTable(cfg.max_running_requests, self.context_len, self.device)
         backend = load(ATTENTION_BACKENDS, cfg.resolved_attention_backend(), "attention backend")
-        self.attn = backend(self.pool, mc.num_heads, mc.num_kv_heads, mc.head_dim)
+        self.attn = backend(self.pool, heads, kv_heads, mc.head_dim)
         self.decode_graphs = self._decode_graphs()
+        if self.tp_workers is not None:
+            self.tp_workers.wait_ready()
         self.forward_time = 0.0  # seconds spent in model forward + logits (for overhead stats)
         logger.info("model %s (%s) on %s, %s; KV pool %d tokens; context %d", mc.architecture,
                     model_path, self.device, self.dtype, self.pool.capacity, self.context_len)
@@ -97,7 +113,8 @@ class ModelRunner:
         """CUDA graphs for decode steps on CUDA with the triton backend (unless disabled);
         extra={"decode_graphs": "eager"} runs their static-buffer path uncaptured (CPU tests)."""
         eager = self.cfg.extra.get("decode_graphs") == "eager"
-        wanted = eager or (self.device == "cuda" and not self.cfg.disable_cuda_graph)
+        # (not with tensor parallelism: its collectives run eagerly)
+        wanted = self.tp.size == 1 and (eager or (self.device == "cuda" and not self.cfg.disable_cuda_graph))
         if not wanted or not self.cfg.resolved_attention_backend().startswith("triton"):
             return None
         from runtime.engine.cuda_graph import DecodeGraphs
@@ -112,7 +129,7 @@ class ModelRunner:
         if self.device != "cpu":
             raise ValueError(f"--quantization {cfg.quantization} runs on CPU only (its kernels are torch's CPU "
                              f"ones); this engine is on {self.device}")
-        model = load_model(model_path, self.model_config, torch.float32, self.device)
+        model = load_model(model_path, self.model_config, torch.float32, self.device, self.tp)
         count = model.quantize(cfg.quantization, cfg.quantization_group_size, cfg.lm_head_quantization)
         logger.info("%d linear layers quantized (%s; head %s)", count, cfg.quantization, cfg.lm_head_quantization)
         for param in model.parameters():  # embeddings, norms, biases (the rotary tables stay float32)
@@ -132,7 +149,8 @@ class ModelRunner:
         if self.cfg.max_total_tokens:
             return self.cfg.max_total_tokens + self.cfg.page_size  # + the reserved padding page
         mc = self.model_config
-        bytes_per_token = KVPool.bytes_per_token(mc.num_layers, mc.num_kv_heads, mc.head_dim, self.dtype,
+        kv_heads = mc.num_kv_heads // self.tp.size  # a rank holds its heads' KV only
+        bytes_per_token = KVPool.bytes_per_token(mc.num_layers, kv_heads, mc.head_dim, self.dtype,
                                                  self.cfg.kv_cache_dtype == "int8")
         if self.device == "cuda":
             free, _ = torch.cuda.mem_get_info()
@@ -143,30 +161,44 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, batch) -> StepResult:
         fb = batch.forward
+        # verify: every row scores a draft position; greedy-only decode: one row per request,
+        # in order (no gather, no fp32 copy: the argmax of the model dtype is the same)
+        all_rows = batch.mode == ForwardMode.VERIFY or self._greedy_only(batch)
+        step = (fb, None if all_rows else fb.logits_indices, not all_rows)
+        start = time.perf_counter()
+        if self.tp_workers is not None:
+            self.tp_workers.send_step(step)  # before any tensor moves to the device
+        logits = self.forward_logits(*step)  # [T or B or N, V]
+        self.forward_time += time.perf_counter() - start
+        if batch.mode == ForwardMode.VERIFY:
+            emitted, logprobs = verify_drafts(batch, logits, self._banned)
+            return StepResult(next_token_ids=[t[-1] for t in emitted], output_logprobs=logprobs, emitted=emitted)
+        if all_rows:
+            return StepResult(next_token_ids=greedy_tokens(logits).tolist())
+        return self._sample(batch, logits)  # logits [N, V] fp32
+
+    @torch.inference_mode()
+    def forward_logits(self, fb, rows: torch.Tensor | None, float32: bool) -> torch.Tensor:
+        """The model over the batch, then the logits of hidden `rows` (None: every row), fp32
+        or the model dtype. Every tensor-parallel rank runs this on the same step in lockstep."""
         fb.input_ids = fb.input_ids.to(self.device)
         fb.positions = fb.positions.to(self.device)
         fb.out_cache_loc = fb.out_cache_loc.to(self.device)
         fb.kv_indices = fb.kv_indices.to(self.device)
-        greedy_only = self._greedy_only(batch)
-        start = time.perf_counter()
         if self.decode_graphs is not None and self.decode_graphs.can_run(fb):
             hidden = self.decode_graphs.run(fb)
         else:
             self.attn.init_forward_metadata(fb)
             hidden = self.model(fb.input_ids, fb.positions, fb, self.attn)
-        if batch.mode == ForwardMode.VERIFY:  # every row scores a draft position
-            logits = self.model.compute_logits(hidden, float32=False)  # [T, V] model dtype
-            self.forward_time += time.perf_counter() - start
-            emitted, logprobs = verify_drafts(batch, logits, self._banned)
-            return StepResult(next_token_ids=[t[-1] for t in emitted], output_logprobs=logprobs, emitted=emitted)
-        if greedy_only:  # one row per request, in order: no gather, no fp32 copy
-            logits = self.model.compute_logits(hidden, float32=False)  # [B, V] model dtype
-        else:
-            logits = self.model.compute_logits(hidden.index_select(0, fb.logits_indices.to(self.device)))
-        self.forward_time += time.perf_counter() - start
-        if greedy_only:
-            return StepResult(next_token_ids=greedy_tokens(logits).tolist())
-        return self._sample(batch, logits)  # logits [N, V] fp32
+        if rows is not None:
+            hidden = hidden.index_select(0, rows.to(self.device))
+        return self.model.compute_logits(hidden, float32=float32)
+
+    def close(self) -> None:
+        """Stop the tensor-parallel workers (nothing to do without them)."""
+        if self.tp_workers is not None:
+            self.tp_workers.close()
+            self.tp_workers = None
 
     def _greedy_only(self, batch) -> bool:
         """A decode step where every request takes the plain argmax: no grammar, no

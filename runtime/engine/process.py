@@ -34,15 +34,7 @@ class EngineProcess:
     thread; `recv` from one reader thread."""
 
     def __init__(self, cfg, model_path: str) -> None:
-        authkey = os.urandom(32)
-        listener = Listener(family=FAMILY, authkey=authkey)
-        env = {**os.environ, AUTHKEY_ENV: authkey.hex()}
-        self.proc = subprocess.Popen([sys.executable, "-m", "runtime.engine.process", _address_arg(listener)],
-                                     env=env)
-        try:
-            self.conn = _accept(listener, self.proc)
-        finally:
-            listener.close()
+        self.proc, self.conn = start_child("runtime.engine.process")
         self._send_lock = threading.Lock()
         self.send((cfg, model_path))
 
@@ -95,6 +87,30 @@ class EngineProcess:
         self.conn.close()
 
 
+def start_child(module: str) -> tuple[subprocess.Popen, Connection]:
+    """`python -m module ADDRESS`, and the authenticated connection it opens back to us
+    (the child calls `connect_to_parent`)."""
+    authkey = os.urandom(32)
+    listener = Listener(family=FAMILY, authkey=authkey)
+    env = {**os.environ, AUTHKEY_ENV: authkey.hex()}
+    proc = subprocess.Popen([sys.executable, "-m", module, _address_arg(listener)], env=env)
+    try:
+        return proc, _accept(listener, proc)
+    finally:
+        listener.close()
+
+
+def connect_to_parent() -> Connection:
+    """In a child started by `start_child`: its connection to the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us in order
+    authkey = bytes.fromhex(os.environ.pop(AUTHKEY_ENV))
+    address = sys.argv[1]
+    if FAMILY == "AF_INET":
+        host, port = address.rsplit(":", 1)
+        address = (host, int(port))
+    return Client(address, family=FAMILY, authkey=authkey)
+
+
 def _accept(listener: Listener, proc: subprocess.Popen) -> Connection:
     """The child's connection; an error if it exits (or hangs) before connecting."""
     result: dict = {}
@@ -127,13 +143,7 @@ def _address_arg(listener: Listener) -> str:
 def main() -> None:
     from runtime.engine.engine_loop import run_engine_process
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us in order
-    authkey = bytes.fromhex(os.environ.pop(AUTHKEY_ENV))
-    address = sys.argv[1]
-    if FAMILY == "AF_INET":
-        host, port = address.rsplit(":", 1)
-        address = (host, int(port))
-    conn = Client(address, family=FAMILY, authkey=authkey)
+    conn = connect_to_parent()
     cfg, model_path = conn.recv()
     run_engine_process(cfg, model_path, conn)
 

@@ -30,8 +30,10 @@ class MergedLinear(nn.Linear):
 
 def onednn_packing_available(dtype: torch.dtype, device: str) -> bool:
     """oneDNN's reordered-weight linear: CPU bf16 only (there it matched F.linear bit for
-    bit in our measurements; in fp32 it is not bitwise equal and no faster at batch 1)."""
-    return device == "cpu" and dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
+    bit in our measurements; in fp32 it is not bitwise equal and no faster at batch 1).
+    Its bf16 path needs AVX512 (bw/vl/dq) or AVX-NE-CONVERT: not on every x86 CPU."""
+    return (device == "cpu" and dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 class OneDNNLinear(nn.Module):

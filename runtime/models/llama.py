@@ -19,16 +19,22 @@ from runtime.layers.activation import silu_and_mul
 from runtime.layers.attention import AttentionBackend
 from runtime.layers.linear import MergedLinear, OneDNNLinear, pack_linears_onednn
 from runtime.layers.norm import RMSNorm
+from runtime.layers.parallel import SINGLE, TensorParallel, VocabParallelEmbedding
 from runtime.layers.quant import quantize_decoder
 from runtime.layers.rotary import RotaryEmbedding, apply_rotary
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_id: int, qkv_bias: bool, qk_norm: bool) -> None:
+    """This rank's heads (all of them without tensor parallelism); o_proj's partial sums
+    are added across ranks."""
+
+    def __init__(self, cfg: ModelConfig, layer_id: int, qkv_bias: bool, qk_norm: bool, tp: TensorParallel) -> None:
         super().__init__()
-        self.layer_id = layer_id
-        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        q_size, kv_size = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+        self.layer_id, self.tp = layer_id, tp
+        self.num_heads = tp.split(cfg.num_heads, "attention heads")
+        self.num_kv_heads = tp.split(cfg.num_kv_heads, "KV heads")
+        self.head_dim = cfg.head_dim
+        q_size, kv_size = self.num_heads * cfg.head_dim, self.num_kv_heads * cfg.head_dim
         self.qkv_proj = MergedLinear(cfg.hidden_size, {"q": q_size, "k": kv_size, "v": kv_size}, bias=qkv_bias)
         self.o_proj = nn.Linear(q_size, cfg.hidden_size, bias=False)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if qk_norm else None
@@ -47,25 +53,26 @@ class LlamaAttention(nn.Module):
             q, k = q_and_k.split(self.split[:2], dim=-1)
             q_and_k = rope(torch.cat((self.q_norm(q.view(tokens, h, d)), self.k_norm(k.view(tokens, hkv, d))), dim=1))
         q, k = q_and_k[:, :h], q_and_k[:, h:]  # [T, H, D], [T, Hkv, D] (views)
-        return self.o_proj(attn.forward(q, k, v, self.layer_id, fb))
+        return self.tp.all_reduce(self.o_proj(attn.forward(q, k, v, self.layer_id, fb)))
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, tp: TensorParallel) -> None:
         super().__init__()
-        size = cfg.intermediate_size
+        self.tp = tp
+        size = tp.split(cfg.intermediate_size, "MLP columns (intermediate_size)")
         self.gate_up_proj = MergedLinear(cfg.hidden_size, {"gate": size, "up": size}, bias=False)
         self.down_proj = nn.Linear(size, cfg.hidden_size, bias=False)
 
     def forward(self, x):
-        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+        return self.tp.all_reduce(self.down_proj(silu_and_mul(self.gate_up_proj(x))))
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_id: int, qkv_bias: bool, qk_norm: bool) -> None:
+    def __init__(self, cfg: ModelConfig, layer_id: int, qkv_bias: bool, qk_norm: bool, tp: TensorParallel) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(cfg, layer_id, qkv_bias, qk_norm)
-        self.mlp = LlamaMLP(cfg)
+        self.self_attn = LlamaAttention(cfg, layer_id, qkv_bias, qk_norm, tp)
+        self.mlp = LlamaMLP(cfg, tp)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -87,11 +94,12 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool) -> None:
+    def __init__(self, cfg: ModelConfig, qkv_bias: bool, qk_norm: bool, tp: TensorParallel) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size) if tp.size == 1 else \
+            VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp)
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(cfg, i, qkv_bias, qk_norm) for i in range(cfg.num_layers))
+            LlamaDecoderLayer(cfg, i, qkv_bias, qk_norm, tp) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
@@ -102,12 +110,17 @@ class LlamaForCausalLM(nn.Module):
         "gate_proj": ("gate_up_proj", "gate"), "up_proj": ("gate_up_proj", "up"),
     }
     qk_norm = False
+    # tensor parallelism: modules whose weight is split along its input dim (row-parallel),
+    # and those split by vocabulary rows; fused modules split each shard's rows; the rest is replicated
+    row_parallel_modules = ("o_proj", "down_proj")
+    vocab_parallel_modules = ("embed_tokens", "lm_head")
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, tp: TensorParallel = SINGLE) -> None:
         super().__init__()
-        self.config = cfg
-        self.model = LlamaModel(cfg, qkv_bias=self.qkv_bias(cfg), qk_norm=self.qk_norm)
-        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.config, self.tp = cfg, tp
+        self.model = LlamaModel(cfg, qkv_bias=self.qkv_bias(cfg), qk_norm=self.qk_norm, tp=tp)
+        head_rows = tp.vocab_rows(cfg.vocab_size)[1]
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, head_rows, bias=False)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
         # Triton kernels for the element-wise ops (add+RMSNorm, rotary in place): on CUDA,
         # where each eager op is a kernel launch (set by the model runner)
@@ -138,8 +151,10 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor, float32: bool = True) -> torch.Tensor:
         """hidden: [N, hidden] -> logits [N, vocab_size], float32 unless float32=False
-        (then the model dtype: enough for an argmax, as the fp32 cast is exact)."""
+        (then the model dtype: enough for an argmax, as the fp32 cast is exact). With tensor
+        parallelism each rank computes its vocabulary slice and every rank gets all of them."""
         logits = F.linear(hidden, self.model.embed_tokens.weight) if self.lm_head is None else self.lm_head(hidden)
+        logits = self.tp.gather_vocab(logits, self.config.vocab_size)
         return logits.float() if float32 else logits
 
     def quantize(self, method: str, group_size: int, lm_head_method: str = "none") -> int:

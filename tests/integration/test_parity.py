@@ -5,7 +5,7 @@ prefill, a pool small enough to force retraction, and cache-hot vs cache-cold.""
 import pytest
 
 from runtime.demo.checkpoint import demo_model_path
-from tests.helpers import ARCHS, PROMPT_LENS, hf_greedy, make_core, random_prompts, run_core
+from tests.helpers import ARCHS, PROMPT_LENS, hf_greedy, make_core, needs_bf16_onednn, random_prompts, run_core
 
 NEW_TOKENS = 32
 GREEDY = {"max_new_tokens": NEW_TOKENS, "temperature": 0.0}
@@ -73,6 +73,7 @@ def test_bf16_greedy_fast_path_matches_the_sampler_path():
     core.scheduler.check_no_leaks()
 
 
+@needs_bf16_onednn
 @pytest.mark.parametrize("arch", ARCHS)
 def test_bf16_onednn_linears_equal_torch_linears(arch):
     """On CPU in bf16 the engine reorders every linear weight for oneDNN (the default):

@@ -6,14 +6,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from runtime.layers.linear import MergedLinear, OneDNNLinear, onednn_packing_available, pack_linears_onednn
+from tests.helpers import BF16_ONEDNN, needs_bf16_onednn
 
 
 def test_available_for_cpu_bf16_only():
-    assert onednn_packing_available(torch.bfloat16, "cpu")  # CI's torch is built with oneDNN
+    assert onednn_packing_available(torch.bfloat16, "cpu") == BF16_ONEDNN  # CI's torch is built with oneDNN
     assert not onednn_packing_available(torch.float32, "cpu")
     assert not onednn_packing_available(torch.bfloat16, "cuda")
 
 
+@needs_bf16_onednn
 @pytest.mark.parametrize("rows", [1, 3, 8, 64, 300])
 @pytest.mark.parametrize("bias", [False, True])
 def test_equals_f_linear_bit_for_bit(rows, bias):
@@ -27,6 +29,7 @@ def test_equals_f_linear_bit_for_bit(rows, bias):
     assert torch.equal(got, F.linear(x, w, b))
 
 
+@needs_bf16_onednn
 def test_pack_replaces_every_linear_and_keeps_outputs():
     model = nn.Sequential(MergedLinear(64, {"a": 32, "b": 16}, bias=True), nn.ReLU(), nn.Linear(48, 8))
     model = model.to(torch.bfloat16)

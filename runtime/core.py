@@ -196,6 +196,9 @@ class RequestOptions:
     return_text_in_logprobs: bool = False  # token texts next to logprobs (the front end detokenizes)
     stream: bool = False  # the engine sends every step's tokens, not only the end
     cache_salt: str | None = None  # prefix-cache namespace: requests share KV only within one salt
+    # a routing hint (OpenAI `user`, the X-Session-ID header): replicas behind a cache-aware
+    # router keep one session on one replica (runtime/server/ray_serve.py); the engine ignores it
+    session_id: str | None = None
 
     def validate(self, prompt_len: int) -> None:
         if not isinstance(self.logprob_start_len, int) or not -1 <= self.logprob_start_len < prompt_len:
@@ -324,6 +327,14 @@ class LookupPageHashes(Control):
     """-> {"pages", "tokens", "page_size"}: how much of a prefix (chained page hashes) is cached."""
 
     hashes: list[int] = field(default_factory=list)
+
+
+@dataclass
+class GetPrefixDigest(Control):
+    """-> {"hashes", "page_size", "block_pages"}: the chained page hash of every cached prefix whose
+    length is a multiple of block_pages pages (what a cache-aware router matches a prompt against)."""
+
+    block_pages: int = 1
 
 
 @dataclass

@@ -84,6 +84,10 @@ class PrefixCache(abc.ABC):
         """How many leading pages of a prefix (chained `prefix_page_hashes`) are cached."""
         return 0
 
+    def prefix_digest(self, block_pages: int) -> list[int]:
+        """The hash of each cached page that ends a prefix of a multiple of `block_pages` pages."""
+        return []
+
     def stats(self) -> dict[str, Any]:
         return {"evictable_tokens": self.evictable_size(), "protected_tokens": self.protected_size()}
 

@@ -155,6 +155,16 @@ class RadixCache(PrefixCache):
             parent = node.parent.page_hashes[-1] if node.parent.parent is not None else None
             self.event_log.append(("stored", node.page_hashes, parent, node.key))
 
+    def prefix_digest(self, block_pages: int) -> list[int]:
+        """The hash of each cached page that ends a prefix of a multiple of `block_pages` pages."""
+        out = []
+        for node in self._nodes():
+            if node.parent is None:
+                continue
+            first_page = (node.depth - len(node.key)) // self.page_size  # pages above this edge
+            out += [h for i, h in enumerate(node.page_hashes) if (first_page + i + 1) % block_pages == 0]
+        return out
+
     def lookup_page_hashes(self, hashes: list[int]) -> int:
         """How many leading pages of a prefix (given as `prefix_page_hashes`) are cached;
         multiply by page_size for tokens."""

@@ -29,6 +29,7 @@ from runtime.core import (
     FlushCache,
     GenerateRequest,
     GetInfo,
+    GetPrefixDigest,
     InjectFault,
     LookupPageHashes,
     RequestOptions,
@@ -345,6 +346,11 @@ class Engine:
         """How much of a prefix the cache holds, asked by its chained page hashes
         (`runtime.cache.page_hash.prefix_page_hashes`): {"pages", "tokens", "page_size"}."""
         return self._control(LookupPageHashes(hashes=list(hashes))).result
+
+    def prefix_digest(self, block_pages: int = 1) -> dict:
+        """The chained page hash of every cached prefix that is a whole number of blocks of
+        `block_pages` pages: {"hashes", "page_size", "block_pages"} (for a cache-aware router)."""
+        return self._control(GetPrefixDigest(block_pages=block_pages)).result
 
     def flush_cache(self) -> None:
         reply = self._control(FlushCache())

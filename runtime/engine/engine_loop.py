@@ -28,6 +28,7 @@ from runtime.core import (
     FlushCache,
     GenerateRequest,
     GetInfo,
+    GetPrefixDigest,
     GetStepTimes,
     InjectFault,
     LookupPageHashes,
@@ -119,6 +120,10 @@ class EngineCore:
         pages = self.cache.lookup_page_hashes(msg.hashes)
         return {"pages": pages, "tokens": pages * self.cfg.page_size, "page_size": self.cfg.page_size}
 
+    def _prefix_digest(self, msg: GetPrefixDigest) -> dict:
+        return {"hashes": self.cache.prefix_digest(max(1, msg.block_pages)), "page_size": self.cfg.page_size,
+                "block_pages": max(1, msg.block_pages)}
+
     def _reset_step_times(self, msg: ResetStepTimes) -> None:
         self.step_times = []
 
@@ -133,6 +138,7 @@ class EngineCore:
         GetInfo: lambda self, msg: self.info(),
         FlushCache: _flush_cache,
         LookupPageHashes: _lookup_page_hashes,
+        GetPrefixDigest: _prefix_digest,
         GetStepTimes: lambda self, msg: self.step_times,
         ResetStepTimes: _reset_step_times,
         CheckLeaks: _check_leaks,

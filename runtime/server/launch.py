@@ -47,6 +47,12 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restart-engine-on-failure", action="store_true",
                    help="if the engine process dies, start a new one and serve on (the requests in flight "
                         "fail and the prefix cache is lost); without it the server answers 503 until restarted")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="N > 1: N engine replicas on Ray Serve behind this API, routed by cached prefix "
+                        "(needs radixflow[ray]; runtime/server/ray_serve.py)")
+    p.add_argument("--routing-policy", default="prefix", choices=["prefix", "round_robin"],
+                   help="with --replicas: prefix (longest cached prefix, sticky sessions, least-loaded "
+                        "when imbalanced) or round_robin")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -89,6 +95,8 @@ def serve(args: argparse.Namespace) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = settings_from_args(args)
     _check_port_free(settings.host, settings.port)
+    if getattr(args, "replicas", 1) > 1:
+        return _serve_replicas(args, settings)
     signal.signal(signal.SIGTERM, _raise_stop)
     engine = state = None
     try:
@@ -113,6 +121,27 @@ def serve(args: argparse.Namespace) -> None:
             state.engine.shutdown()  # a restarted engine, if any
         if engine is not None:
             engine.shutdown()
+        logger.info("radixflow server stopped")
+
+
+def _serve_replicas(args: argparse.Namespace, settings) -> None:
+    """--replicas N: the same API on Ray Serve (until Ctrl-C / SIGTERM)."""
+    try:
+        from runtime.server import ray_serve
+    except ImportError as e:
+        raise SystemExit(f"radixflow serve --replicas needs Ray Serve: pip install -e '.[ray]' ({e})") from None
+    from ray import serve
+
+    try:
+        ray_serve.run(engine_options(args), settings, args.replicas, args.routing_policy, blocking=False)
+        logger.info("%d engine replicas on Ray Serve at http://%s:%d (%s routing)", args.replicas, settings.host,
+                    settings.port, args.routing_policy)
+        signal.pause()
+    except (KeyboardInterrupt, _Stop):
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        serve.shutdown()
         logger.info("radixflow server stopped")
 
 

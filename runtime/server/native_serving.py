@@ -17,7 +17,7 @@ from runtime.server.errors import APIError, bad_request, from_exception
 from runtime.server.metrics import StreamTimer
 from runtime.server.openai_common import abort_error, drop_empty
 from runtime.server.protocol import DetokenizeRequest, GenerateRequest, TokenizeRequest
-from runtime.server.state import ServerState
+from runtime.server.state import ServerState, session_id
 from runtime.server.streaming import SSE_DONE, SSEResponse, cancel_on_disconnect, gather_or_cancel, sse, sse_error
 
 MAX_BATCH = 1024
@@ -72,7 +72,7 @@ async def generate(state: ServerState, req: GenerateRequest, request: Request):
     input_ids = [await state.tokenize(x) if isinstance(x, str) else x for x in items]
     kwargs = dict(return_logprob=req.return_logprob, logprob_start_len=req.logprob_start_len,
                   top_logprobs_num=req.top_logprobs_num, return_text_in_logprobs=req.return_text_in_logprobs,
-                  cache_salt=req.cache_salt)
+                  cache_salt=req.cache_salt, session_id=session_id(request, req.session_id))
     num = sum(int(sp.get("n") or 1) for sp in sps)
     if req.stream:
         if is_batch:

@@ -32,7 +32,7 @@ from runtime.server.openai_common import (
 )
 from runtime.server.protocol import ChatCompletionRequest
 from runtime.server.reasoning import reasoning_mode, split_reasoning
-from runtime.server.state import ServerState
+from runtime.server.state import ServerState, session_id
 from runtime.server.streaming import (
     SSE_DONE,
     SSEResponse,
@@ -111,7 +111,8 @@ async def create_chat_completion(state: ServerState, req: ChatCompletionRequest,
     split = reasoning if req.separate_reasoning else None  # how to split the output (None: not at all)
     rid = req.rid or new_id("chatcmpl")
     gen = dict(input_ids=input_ids, return_logprob=req.logprobs, top_logprobs_num=req.top_logprobs or 0,
-               return_text_in_logprobs=req.logprobs, cache_salt=req.cache_salt)
+               return_text_in_logprobs=req.logprobs, cache_salt=req.cache_salt,
+               session_id=session_id(request, req.user))
     rids = [rid] if req.n == 1 else [f"{rid}-{i}" for i in range(req.n)]
     model = req.model or state.served_model_name
     if req.stream:

@@ -29,7 +29,7 @@ from runtime.server.openai_common import (
     vllm_constraint,
 )
 from runtime.server.protocol import CompletionRequest
-from runtime.server.state import ServerState
+from runtime.server.state import ServerState, session_id
 from runtime.server.streaming import (
     SSE_DONE,
     SSEResponse,
@@ -103,7 +103,8 @@ async def create_completion(state: ServerState, req: CompletionRequest, request:
         return state.engine.async_generate(
             input_ids=prompts[p][1], sampling_params=sp, rid=r, stream=stream, return_logprob=want_logprobs,
             top_logprobs_num=req.logprobs or 0, return_text_in_logprobs=want_logprobs,
-            logprob_start_len=0 if echo_logprobs else -1, cache_salt=req.cache_salt)
+            logprob_start_len=0 if echo_logprobs else -1, cache_salt=req.cache_salt,
+            session_id=session_id(request, req.user))
 
     model = req.model or state.served_model_name
     if req.stream:

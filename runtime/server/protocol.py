@@ -119,6 +119,7 @@ class _OpenAIFields(_Body):
     stream_options: StreamOptions | None = None
     logit_bias: dict[str, float] | None = None
     cache_salt: str | None = None
+    user: str | None = None  # also the session a cache-aware router keeps on one replica (X-Session-ID too)
     rid: str | None = None
     # vLLM's constraint fields, so its clients' structured output is enforced here too
     structured_outputs: StructuredOutputs | None = None
@@ -173,6 +174,7 @@ class GenerateRequest(_Body):
     return_text_in_logprobs: bool = False
     rid: str | list[str] | None = None
     cache_salt: str | None = None
+    session_id: str | None = None  # a router keeps a session on one replica (X-Session-ID too)
 
 
 class TokenizeRequest(_Body):

@@ -38,6 +38,12 @@ class ServerSettings:
     restart_engine_on_failure: bool = False
 
 
+def session_id(request, named: str | None) -> str | None:
+    """The session a request belongs to, for replicas behind a router: the body's own field
+    (OpenAI `user`, native `session_id`), else the X-Session-ID header."""
+    return named or request.headers.get("x-session-id")
+
+
 class EngineClient(Protocol):
     """All the server uses of an engine: `runtime.Engine` (the engine process behind it)
     or a test double. Nothing else of the engine is reached into."""

@@ -47,9 +47,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restart-engine-on-failure", action="store_true",
                    help="if the engine process dies, start a new one and serve on (the requests in flight "
                         "fail and the prefix cache is lost); without it the server answers 503 until restarted")
-    p.add_argument("--replicas", type=int, default=1,
-                   help="N > 1: N engine replicas on Ray Serve behind this API, routed by cached prefix "
-                        "(needs radixflow[ray]; runtime/server/ray_serve.py)")
+    p.add_argument("--replicas", type=int, default=0,
+                   help="N >= 1: N engine replicas on Ray Serve behind this API, routed by cached prefix "
+                        "(needs radixflow[ray]; runtime/server/ray_serve.py); default: one engine, no Ray")
     p.add_argument("--routing-policy", default="prefix", choices=["prefix", "round_robin"],
                    help="with --replicas: prefix (longest cached prefix, sticky sessions, least-loaded "
                         "when imbalanced) or round_robin")
@@ -95,7 +95,7 @@ def serve(args: argparse.Namespace) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = settings_from_args(args)
     _check_port_free(settings.host, settings.port)
-    if getattr(args, "replicas", 1) > 1:
+    if getattr(args, "replicas", 0) >= 1:
         return _serve_replicas(args, settings)
     signal.signal(signal.SIGTERM, _raise_stop)
     engine = state = None

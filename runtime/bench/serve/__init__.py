@@ -35,6 +35,11 @@ def add_parser(sub) -> None:
                    help="start `radixflow serve` on a free port (--model-path, --server-args), stop it after")
     p.add_argument("--model-path", default=None, help="with --launch: the checkpoint (default: the default model)")
     p.add_argument("--server-args", default="", help="with --launch: extra `radixflow serve` flags, one string")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL=FLAGS",
+                   help="with --launch, repeatable: one server per variant (its label, then `radixflow serve` "
+                        "flags added to --server-args), each run in turn, --repeats times in alternating order; "
+                        "e.g. '2 replicas, prefix=--replicas 2'")
+    p.add_argument("--repeats", type=int, default=1, help="with --variant: rounds over the variants")
     p.add_argument("--out", default=DEFAULT_OUT)
     p.set_defaults(func=run)
 
@@ -161,23 +166,53 @@ def run(args: argparse.Namespace) -> None:
     from runtime.bench import results
     from runtime.bench.serve.report import serve_markdown, write_plots
 
-    server = None
-    if args.launch:
-        import shlex
+    if args.variant:
+        rows = run_variants(args)
+        base_url = None
+    else:
+        server = None
+        if args.launch:
+            import shlex
 
-        from runtime.bench.servers import start_radixflow
+            from runtime.bench.servers import start_radixflow
 
-        server = start_radixflow(args.model_path, shlex.split(args.server_args))
-    base_url = server.url if server else (args.base_url or "http://127.0.0.1:30000")
-    label = args.label or ("radixflow" if server else base_url)
-    try:
-        rows = run_workloads(args, base_url, label)
-    finally:
-        if server is not None:
-            server.stop()
+            server = start_radixflow(args.model_path, shlex.split(args.server_args))
+        base_url = server.url if server else (args.base_url or "http://127.0.0.1:30000")
+        label = args.label or ("radixflow" if server else base_url)
+        try:
+            rows = run_workloads(args, base_url, label)
+        finally:
+            if server is not None:
+                server.stop()
     report = {**results.header("serve", args, "vllm", "llama_cpp_python", "openai"), "base_url": base_url,
               "rows": rows}
     plots = write_plots(args.out, rows)
     report["plots"] = [str(p) for p in plots]
     for path in results.write(args.out, report, serve_markdown(rows, plots)):
         print(f"wrote {path}")
+
+
+def run_variants(args: argparse.Namespace) -> list[dict]:
+    """--variant LABEL=FLAGS: a launched server per variant, in turn; round r runs them in
+    reverse order when r is odd (machine drift hits each alike). Rows carry "round"."""
+    import shlex
+
+    from runtime.bench.servers import start_radixflow
+
+    if not args.launch:
+        raise SystemExit("radixflow bench serve: --variant launches its servers: add --launch")
+    variants = []
+    for spec in args.variant:
+        label, sep, flags = spec.partition("=")
+        if not sep or not label.strip():
+            raise SystemExit(f"radixflow bench serve: --variant takes LABEL=FLAGS, got {spec!r}")
+        variants.append((label.strip(), shlex.split(args.server_args) + shlex.split(flags)))
+    rows = []
+    for r in range(args.repeats):
+        for label, flags in variants if r % 2 == 0 else variants[::-1]:
+            server = start_radixflow(args.model_path, flags)
+            try:
+                rows += [{**row, "round": r, "server_args": flags} for row in run_workloads(args, server.url, label)]
+            finally:
+                server.stop()
+    return rows

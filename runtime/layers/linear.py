@@ -7,6 +7,8 @@ A fused layer declares its shards as data (name -> output rows); the loader call
 import torch
 from torch import nn
 
+from runtime.config import cpu_has_fast_bf16
+
 
 class MergedLinear(nn.Linear):
     """One matmul for several projections stacked along the output dim (e.g. q|k|v)."""
@@ -32,8 +34,7 @@ def onednn_packing_available(dtype: torch.dtype, device: str) -> bool:
     """oneDNN's reordered-weight linear: CPU bf16 only (there it matched F.linear bit for
     bit in our measurements; in fp32 it is not bitwise equal and no faster at batch 1).
     Its bf16 path needs AVX512 (bw/vl/dq) or AVX-NE-CONVERT: not on every x86 CPU."""
-    return (device == "cpu" and dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
-            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return device == "cpu" and dtype == torch.bfloat16 and cpu_has_fast_bf16()
 
 
 class OneDNNLinear(nn.Module):

@@ -9,6 +9,7 @@ import json
 import httpx
 import pytest
 
+from runtime.config import cpu_has_fast_bf16
 from runtime.models.resolve import DEFAULT_MODEL_NAME
 from tests.e2e.harness import start_server, stop_server
 
@@ -36,7 +37,8 @@ def client(real_server):
 def test_serves_smollm2_and_answers(real_server, client):
     log = real_server.log()
     assert "serving SmolLM2-135M-Instruct from" in log and "SmolLM2-135M-Instruct.Q4_1.gguf" in log
-    assert "using the converted checkpoint" in log and "torch.bfloat16" in log
+    auto_dtype = "torch.bfloat16" if cpu_has_fast_bf16() else "torch.float32"  # fp32 where bf16 is emulated
+    assert "using the converted checkpoint" in log and auto_dtype in log
     assert [m.id for m in client.models.list().data] == [DEFAULT_MODEL_NAME]
     body = {"model": DEFAULT_MODEL_NAME, "messages": [{"role": "user", "content": "What is the capital of France?"}],
             "max_tokens": 32, "temperature": 0}

@@ -14,7 +14,7 @@ import torch
 
 from runtime.cache.kv_pool import KVPool, ReqToTokenTable
 from runtime.components import ATTENTION_BACKENDS, load
-from runtime.config import EngineConfig, ModelConfig
+from runtime.config import EngineConfig, ModelConfig, cpu_has_fast_bf16
 from runtime.engine.forward_batch import ForwardMode
 from runtime.engine.sampler import SamplingBatch, compute_logprobs, greedy_tokens, is_plain_greedy, sample
 from runtime.engine.tensor_parallel import agree
@@ -84,6 +84,9 @@ class ModelRunner:
             tp = self.tp_workers.tp
         self.tp = tp or SINGLE
         self.dtype = cfg.resolved_dtype(mc)
+        if self.device == "cpu" and self.dtype == torch.bfloat16 and not cpu_has_fast_bf16():
+            logger.warning("bfloat16 on a CPU without oneDNN's bf16 kernels (AVX512 / AVX-NE-CONVERT): matmuls are "
+                           "emulated, several times slower than float32 (--dtype auto picks float32 here)")
         if cfg.quantization == cfg.lm_head_quantization == "none":
             self.model = load_model(model_path, mc, self.dtype, self.device, self.tp)
         else:

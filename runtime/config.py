@@ -181,6 +181,9 @@ class EngineConfig:
         check(self.max_running_requests >= 1, "max_running_requests must be >= 1")
         check(self.cuda_graph_max_bs >= 1, "cuda_graph_max_bs must be >= 1")
         check(self.tp_size >= 1, "tp_size must be >= 1")
+        check(self.kv_events_endpoint is None or not self.disable_radix_cache,
+              "kv_events_endpoint publishes the radix cache's page events: it cannot go with disable_radix_cache "
+              "(no pages are cached, so there would be none)")
         check(self.max_queued_requests >= 1, "max_queued_requests must be >= 1")
         check(self.speculative_num_draft_tokens >= 0, "speculative_num_draft_tokens must be >= 0")
         for f in dataclasses.fields(self):

@@ -17,6 +17,7 @@ from runtime.cache.kv_events import to_events
 from runtime.cache.kv_pool import KVPool
 from runtime.cache.page_hash import prefix_page_hashes
 from runtime.cache.radix_cache import RadixCache
+from runtime.config import EngineConfig
 from runtime.demo.checkpoint import demo_model_path
 
 
@@ -125,3 +126,8 @@ def test_an_engine_publishes_the_pages_a_request_leaves_cached(engine_and_subscr
     assert stored[0].parent_block_hash is None and all(e.block_size == 1 for e in stored)
     engine.flush_cache()
     receive(sub, lambda evs: any(isinstance(e, AllBlocksCleared) for e in evs))
+
+
+def test_events_without_the_radix_cache_are_refused():
+    with pytest.raises(ValueError, match="cannot go with disable_radix_cache"):
+        EngineConfig(kv_events_endpoint="tcp://127.0.0.1:5599", disable_radix_cache=True)

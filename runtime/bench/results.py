@@ -17,10 +17,13 @@ def argv(args: argparse.Namespace) -> list[str]:
     """The flags that reproduce `args` (defaults included, so the file says what ran)."""
     out = []
     for key, value in vars(args).items():
-        if key in ("func", "command", "bench", "bench_command") or value in (None, False) or callable(value):
+        if key in ("func", "command", "bench", "bench_command") or value in (None, False, []) or callable(value):
             continue
         flag = f"--{key.replace('_', '-')}"
-        out += [flag] if value is True else [flag, shlex.quote(str(value))]
+        if isinstance(value, list):  # a repeatable flag (action="append"): once per value
+            out += [part for v in value for part in (flag, shlex.quote(str(v)))]
+        else:
+            out += [flag] if value is True else [flag, shlex.quote(str(value))]
     return out
 
 

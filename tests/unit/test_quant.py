@@ -49,7 +49,10 @@ def test_quantization_error_is_half_a_step():
 def test_int4_packing_round_trips(rows):
     q = torch.randint(0, 16, (rows, 128), dtype=torch.int32)
     layer = Int4Linear(q, torch.rand(4, rows) + 0.1, torch.randn(4, rows), 32)
-    assert (layer.nibbles is None) == (rows % 64 == 0)
+    if rows % 64:  # not whole 64-row blocks: the kernel's layout is never read back, our own copy is kept
+        assert layer.nibbles is not None
+    # whole blocks: the kernel's copy is read back where it has the layout we know (torch 2.13 on AVX512);
+    # other CPUs (AVX2) pack differently, and then our own copy is kept: either way the values come back
     assert torch.equal(layer.unpacked().int(), q)
     # the kernel's own packed copy holds the same values: rows of the identity read W^T back
     eye = torch.eye(128)

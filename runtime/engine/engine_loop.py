@@ -121,8 +121,9 @@ class EngineCore:
         return {"pages": pages, "tokens": pages * self.cfg.page_size, "page_size": self.cfg.page_size}
 
     def _prefix_digest(self, msg: GetPrefixDigest) -> dict:
-        return {"hashes": self.cache.prefix_digest(max(1, msg.block_pages)), "page_size": self.cfg.page_size,
-                "block_pages": max(1, msg.block_pages)}
+        block_pages = max(1, msg.block_pages)
+        return {"hashes": self.cache.prefix_digest(block_pages), "page_size": self.cfg.page_size,
+                "block_pages": block_pages}
 
     def _reset_step_times(self, msg: ResetStepTimes) -> None:
         self.step_times = []

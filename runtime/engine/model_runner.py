@@ -152,7 +152,7 @@ class ModelRunner:
         if self.cfg.max_total_tokens:
             return self.cfg.max_total_tokens + self.cfg.page_size  # + the reserved padding page
         mc = self.model_config
-        kv_heads = mc.num_kv_heads // self.tp.size  # a rank holds its heads' KV only
+        kv_heads = self.tp.split(mc.num_kv_heads, "KV heads")  # a rank holds its heads' KV only
         bytes_per_token = KVPool.bytes_per_token(mc.num_layers, kv_heads, mc.head_dim, self.dtype,
                                                  self.cfg.kv_cache_dtype == "int8")
         if self.device == "cuda":

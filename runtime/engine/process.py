@@ -111,6 +111,13 @@ def connect_to_parent() -> Connection:
     return Client(address, family=FAMILY, authkey=authkey)
 
 
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _accept(listener: Listener, proc: subprocess.Popen) -> Connection:
     """The child's connection; an error if it exits (or hangs) before connecting."""
     result: dict = {}

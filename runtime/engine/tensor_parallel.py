@@ -19,15 +19,12 @@ from __future__ import annotations
 import datetime
 import logging
 import pickle
-import socket
 
 import torch
 import torch.distributed as dist
 
-from runtime.engine.process import connect_to_parent, start_child
+from runtime.engine.process import connect_to_parent, free_port, start_child
 from runtime.layers.parallel import TensorParallel
-
-logger = logging.getLogger("radixflow.tp")
 
 # a collective that waits longer than this fails (a rank stuck or gone); loading counts
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
@@ -66,7 +63,7 @@ class TPWorkers:
         if device == "cuda" and torch.cuda.device_count() < cfg.tp_size:
             raise ValueError(f"--tp-size {cfg.tp_size} needs {cfg.tp_size} GPUs; "
                              f"{torch.cuda.device_count()} visible")
-        init_method = f"tcp://127.0.0.1:{_free_port()}"
+        init_method = f"tcp://127.0.0.1:{free_port()}"
         self.children = []
         for rank in range(1, cfg.tp_size):
             proc, conn = start_child("runtime.engine.tensor_parallel")
@@ -110,12 +107,6 @@ class TPWorkers:
         self.children = []
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:

@@ -10,10 +10,11 @@ the server's (one implementation), with nothing for the user to start.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from typing import Any
+
+from runtime.engine.process import free_port
 
 START_TIMEOUT_S = 60  # after the engine is up: uvicorn binding the port
 
@@ -29,7 +30,7 @@ class LocalServer:
 
         self.engine = Engine(model_path, **engine_options)
         try:
-            port = _free_port()
+            port = free_port()
             settings = ServerSettings(port=port, served_model_name=served_model_name)
             app = create_app(self.engine, settings)
             self.model = app.state.server.served_model_name
@@ -64,12 +65,6 @@ class LocalServer:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def served_model(base_url: str) -> tuple[str, int]:

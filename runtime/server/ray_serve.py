@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-import logging
 import os
 import time
 from typing import Any
@@ -28,8 +27,6 @@ from ray.serve.request_router import FIFOMixin, RequestRouter
 
 from runtime.cache.page_hash import prefix_page_hashes
 from runtime.prompt_check import check_prompt_text
-
-logger = logging.getLogger("radixflow.ray")
 
 ROUTING_BLOCK_TOKENS = 16  # the router matches prompts in blocks of this many tokens
 ROUTING_STATS_PERIOD_S = 0.5  # how often Ray Serve polls each replica's digest

@@ -4,7 +4,6 @@ examples/online_serving/kv_events_subscriber.py: every field required)."""
 
 from __future__ import annotations
 
-import socket
 import time
 
 import msgspec
@@ -19,6 +18,7 @@ from runtime.cache.page_hash import prefix_page_hashes
 from runtime.cache.radix_cache import RadixCache
 from runtime.config import EngineConfig
 from runtime.demo.checkpoint import demo_model_path
+from runtime.engine.process import free_port
 
 
 # ---- a subscriber's view of the wire format ---------------------------------------------
@@ -80,12 +80,6 @@ def test_the_radix_cache_logs_stored_removed_and_cleared_pages():
 
 
 # ---- an engine publishing them ----------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def receive(sub, until, timeout_s: float = 30.0) -> list:
     """Decoded events until `until(events)` holds; checks the sequence numbers run on."""
     events, seqs, deadline = [], [], time.monotonic() + timeout_s

@@ -4,7 +4,6 @@ prompts spread over both, a session stays on its replica, bad input is still a 4
 
 import collections
 import concurrent.futures
-import socket
 
 import httpx
 import openai
@@ -13,17 +12,12 @@ import ray
 from ray import serve
 
 from runtime.demo.checkpoint import demo_model_path
+from runtime.engine.process import free_port
 from runtime.server import ray_serve
 from runtime.server.state import ServerSettings
 from tests.helpers import random_prompts
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

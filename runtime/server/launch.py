@@ -25,7 +25,7 @@ GRACEFUL_S = 5
 def add_serve_args(p: argparse.ArgumentParser) -> None:
     """Every `radixflow serve` flag: the engine's (from EngineConfig), then the server's."""
     from runtime.server.reasoning import PARSERS as REASONING_PARSERS
-    from runtime.server.state import DEFAULT_MAX_REQUEST_BYTES
+    from runtime.server.state import DEFAULT_MAX_REQUEST_BYTES, ROUTING_POLICIES
     from runtime.tool_calls.parsers import PARSERS
 
     add_engine_args(p)
@@ -50,7 +50,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--replicas", type=int, default=0,
                    help="N >= 1: N engine replicas on Ray Serve behind this API, routed by cached prefix "
                         "(needs radixflow[ray]; runtime/server/ray_serve.py); default: one engine, no Ray")
-    p.add_argument("--routing-policy", default="prefix", choices=["prefix", "round_robin"],
+    p.add_argument("--routing-policy", default="prefix", choices=ROUTING_POLICIES,
                    help="with --replicas: prefix (longest cached prefix, sticky sessions, least-loaded "
                         "when imbalanced) or round_robin")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

@@ -27,11 +27,11 @@ from ray.serve.request_router import FIFOMixin, RequestRouter
 
 from runtime.cache.page_hash import prefix_page_hashes
 from runtime.prompt_check import check_prompt_text
+from runtime.server.state import ROUTING_POLICIES
 
 ROUTING_BLOCK_TOKENS = 16  # the router matches prompts in blocks of this many tokens
 ROUTING_STATS_PERIOD_S = 0.5  # how often Ray Serve polls each replica's digest
 RECENT_TTL_S = 4 * ROUTING_STATS_PERIOD_S  # what we routed counts as cached until digests show it
-ROUTING_POLICIES = ("prefix", "round_robin")
 
 
 def block_pages(page_size: int) -> int:
@@ -78,9 +78,6 @@ class EngineReplica:
 
     def flush_cache(self) -> None:
         self.engine.flush_cache()
-
-    def check_no_leaks(self) -> dict:
-        return self.engine.check_no_leaks()
 
     def __del__(self) -> None:
         engine = getattr(self, "engine", None)
@@ -198,7 +195,6 @@ class PrefixAwareRouter(FIFOMixin, RequestRouter):
         turn = next(self._turn)  # ties rotate, so sequential unrelated requests spread out
         by_load = sorted(replicas, key=lambda r: (load[r.replica_id], -matched[r.replica_id],
                                                   (replicas.index(r) - turn) % len(replicas)))
-        chosen = None
         sticky = self.sessions.get(session) if session else None
         if sticky in balanced:
             chosen = next(r for r in replicas if r.replica_id == sticky)

@@ -19,6 +19,7 @@ from runtime.server.metrics import ServerMetrics
 from runtime.tool_calls.prompt_format import template_input
 
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
+ROUTING_POLICIES = ("prefix", "round_robin")  # --replicas: how requests pick a replica (runtime/server/ray_serve.py)
 RETRY_AFTER_S = 1
 WATCH_INTERVAL_S = 0.5  # how often --restart-engine-on-failure checks the engine
 

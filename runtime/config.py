@@ -101,6 +101,7 @@ def cpu_has_fast_bf16() -> bool:
 
 SPECULATIVE_ALGORITHMS = ("none", "ngram", "suffix", "grammar", "auto")
 QUANTIZATIONS = ("none", "int8", "int4")  # runtime/layers/quant.py
+QUANTIZATION_METHODS = ("rtn", "gptq")  # how int8 weights are rounded (runtime/layers/gptq.py)
 INT4_GROUP_SIZES = (32, 64, 128)
 
 
@@ -159,6 +160,9 @@ class EngineConfig:
                                         "quant.py): int8 per channel or int4 per group", QUANTIZATIONS)
     quantization_group_size: int = _option(32, "int4: weights per scale (32 matches GGUF Q4_0/Q4_1 blocks)",
                                            INT4_GROUP_SIZES)
+    quantization_method: str = _option("rtn", "int8 rounding: rtn (to nearest) or gptq (error-compensating, over "
+                                               "calibration texts; built once per checkpoint and cached, ~1.5 min "
+                                               "for the default model; runtime/layers/gptq.py)", QUANTIZATION_METHODS)
     lm_head_quantization: str = _option("none", "quantization of the output head, on its own (int8 keeps more "
                                                 "quality; with tied embeddings a quantized copy, the lookup stays "
                                                 "in float)", QUANTIZATIONS)
@@ -185,6 +189,10 @@ class EngineConfig:
               "kv_events_endpoint publishes the radix cache's page events: it cannot go with disable_radix_cache "
               "(no pages are cached, so there would be none)")
         check(self.max_queued_requests >= 1, "max_queued_requests must be >= 1")
+        check(self.quantization_method == "rtn" or "int8" in (self.quantization, self.lm_head_quantization),
+              "quantization_method gptq rounds int8 layers: it needs quantization or lm_head_quantization int8")
+        check(self.quantization_method == "rtn" or self.tp_size == 1,
+              "quantization_method gptq rounds whole weights: not with tp_size > 1")
         check(self.speculative_num_draft_tokens >= 0, "speculative_num_draft_tokens must be >= 0")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")

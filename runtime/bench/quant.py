@@ -1,7 +1,7 @@
 """`radixflow bench quant`: weight-only quantization (runtime/layers/quant.py) on the real
 default model — quality against the unquantized model and decode speed, per configuration.
 
-  kernels   per linear shape of the model and rows: bf16 (the engine's oneDNN linear), each
+  kernels   per linear shape of the model and rows: the dense linear in the model dtype, each
             quantized kernel, and dequantize + matmul (the path above KERNEL_MAX_ROWS)
   quality   teacher-forced over held texts (the project's docs in chunks, and short chat
             prompts from the spec workloads): mean KL(p_ref || p_quant) of the next-token
@@ -28,22 +28,27 @@ import torch
 from runtime.bench.spec_workloads import WORKLOADS
 
 DEFAULT_OUT = "docs/bench/quant.json"
+GPTQ = {"quantization_method": "gptq"}
 CONFIGS = {  # label -> engine options
     "none": {},
     "int8": {"quantization": "int8"},
+    "int8-gptq": {"quantization": "int8", **GPTQ},
+    "int8+head8-gptq": {"quantization": "int8", "lm_head_quantization": "int8", **GPTQ},
     "int4": {"quantization": "int4"},
     "int4+head8": {"quantization": "int4", "lm_head_quantization": "int8"},
     "int4+head4": {"quantization": "int4", "lm_head_quantization": "int4"},
     "kv-int8": {"kv_cache_dtype": "int8"},
 }
-FLOORS = {"int8": (1.3, 0.97), "int4": (1.6, 0.90)}  # (decode speed-up at batch 1, top-1 agreement)
+# label -> (decode speed-up at batch 1, top-1 agreement): the issue's int8 and int4 floors
+FLOORS = {"int8": (1.3, 0.97), "int8-gptq": (1.3, 0.97), "int8+head8-gptq": (1.3, 0.97), "int4": (1.6, 0.90)}
 KERNEL_ROWS = (1, 4, 16, 32, 128)
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("quant", help="weight-only int8/int4 quantization: quality vs unquantized, decode speed")
     p.add_argument("--model-path", default=None, help="default: the default model (SmolLM2-135M-Instruct)")
-    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--dtype", default="auto", help="the unquantized model's (and the activations') dtype; auto: "
+                                                  "what the engine picks (float32 on CPUs without fast bf16)")
     p.add_argument("--configs", default=",".join(CONFIGS))
     p.add_argument("--doc-chunks", type=int, default=24, help="teacher-forced chunks of the project's docs")
     p.add_argument("--chunk-tokens", type=int, default=256)
@@ -80,15 +85,22 @@ def chat_prompts(tokenizer, count: int) -> list[str]:
 # ---- quality --------------------------------------------------------------------
 def hf_model(checkpoint: str, dtype: torch.dtype, options: dict):
     """transformers' model of the checkpoint, its linears replaced by ours as the engine
-    would (quantized from float32, the rest then cast). Every row goes through the
-    quantized kernels, as decode steps do (prefill's dequantized weights are closer)."""
+    would (quantized from float32, GPTQ's integers from the same cache, the rest then cast).
+    Every row goes through the quantized kernels, as decode steps do (prefill's dequantized
+    weights are closer)."""
     from transformers import AutoModelForCausalLM
 
+    from runtime.layers.gptq import gptq_int8_weights
     from runtime.layers.quant import QuantizedLinear, quantize_decoder
 
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    head_method = options.get("lm_head_quantization", "none")
+    lookup = None
+    if options.get("quantization_method") == "gptq":
+        rounded = gptq_int8_weights(checkpoint, include_head=head_method == "int8")
+        lookup = lambda name: (rounded[f"{name}.q"], rounded[f"{name}.scale"]) if f"{name}.q" in rounded else None  # noqa: E731
     _, head = quantize_decoder(model.model.layers, model.lm_head, options.get("quantization", "none"),
-                               options.get("quantization_group_size", 32), options.get("lm_head_quantization", "none"))
+                               options.get("quantization_group_size", 32), head_method, lookup)
     if head is not None:
         model.lm_head = head
     for param in model.parameters():
@@ -165,11 +177,13 @@ def resident_mib(pid: int) -> float:
 
 
 def kernel_table(model_config, dtype: torch.dtype) -> list[dict]:
-    """Microseconds per call of each way to run each linear shape of the model."""
+    """Microseconds per call of each way to run each linear shape of the model: the
+    engine's dense linear in the model dtype, each quantized layer (its kernel, in bf16
+    for a float32 model), and dequantize + matmul."""
     import torch.nn.functional as F
 
     from runtime.layers.linear import OneDNNLinear, onednn_packing_available
-    from runtime.layers.quant import Int4Linear, Int8Linear
+    from runtime.layers.quant import KERNEL_DTYPES, Int4Linear, Int8Linear
 
     mc = model_config
     q_rows = (mc.num_heads + 2 * mc.num_kv_heads) * mc.head_dim
@@ -194,10 +208,11 @@ def kernel_table(model_config, dtype: torch.dtype) -> list[dict]:
         for rows in KERNEL_ROWS:
             x = torch.randn(rows, k).to(dtype)
             row = {"layer": name, "shape": [n, k], "rows": rows,
-                   "bf16_us": micros(lambda: dense(x) if dense else F.linear(x, weight.to(dtype)))}
+                   "dense_us": micros(lambda: dense(x) if dense else F.linear(x, weight.to(dtype)))}
             for label, layer in layers.items():
                 layer(x[:1])  # casts the kernel's scales
-                row[f"{label}_kernel_us"] = micros(lambda layer=layer: layer._kernel(x))
+                kx = x.to(KERNEL_DTYPES.get(dtype, dtype))
+                row[f"{label}_kernel_us"] = micros(lambda layer=layer, kx=kx: layer._kernel(kx))
                 row[f"{label}_dequant_us"] = micros(lambda layer=layer: F.linear(x, layer.dequantize(dtype)))
             rows_out.append(row)
     return rows_out
@@ -206,16 +221,17 @@ def kernel_table(model_config, dtype: torch.dtype) -> list[dict]:
 def run(args: argparse.Namespace) -> None:
     from runtime.bench import results
     from runtime.bench.alternating import run_alternating
-    from runtime.config import ModelConfig
+    from runtime.config import EngineConfig, ModelConfig
     from runtime.engine.api import Engine
     from runtime.models.resolve import resolve_model
 
     labels = args.configs.split(",")
     if labels[0] != "none":
         raise SystemExit("--configs must start with none (the reference)")
-    dtype = getattr(torch, args.dtype)
     checkpoint = resolve_model(args.model_path).path
-    report = {**results.header("quant", args, "transformers"), "model": checkpoint, "dtype": args.dtype,
+    dtype = EngineConfig(dtype=args.dtype, device="cpu").resolved_dtype(ModelConfig.from_hf(checkpoint))
+    dtype_name = str(dtype).removeprefix("torch.")
+    report = {**results.header("quant", args, "transformers"), "model": checkpoint, "dtype": dtype_name,
               "configs": {label: CONFIGS[label] for label in labels}}
     print("kernels ...", flush=True)
     report["kernels"] = kernel_table(ModelConfig.from_hf(checkpoint), dtype)
@@ -227,10 +243,11 @@ def run(args: argparse.Namespace) -> None:
     print(f"quality over {len(texts)} texts ...", flush=True)
     model = hf_model(checkpoint, dtype, {})
     reference, report["weight_mib"] = next_token_logprobs(model, texts), {"none": weight_mib(model)}
-    # the metric's noise floor: the same unquantized weights in float32
-    report["float32_vs_reference"] = compare_distributions(
-        reference, next_token_logprobs(hf_model(checkpoint, torch.float32, {}), texts))
-    print(f"[quality float32, no quantization] {report['float32_vs_reference']}", flush=True)
+    # the metrics' noise floor: the same unquantized weights in the other CPU dtype
+    other = torch.bfloat16 if dtype == torch.float32 else torch.float32
+    report["noise_floor"] = {"dtype": str(other).removeprefix("torch."), **compare_distributions(
+        reference, next_token_logprobs(hf_model(checkpoint, other, {}), texts))}
+    print(f"[quality, no quantization, {other}] {report['noise_floor']}", flush=True)
     report["quality"] = {}
     for label in labels[1:]:
         if "kv_cache_dtype" in CONFIGS[label]:
@@ -241,7 +258,7 @@ def run(args: argparse.Namespace) -> None:
         print(f"[quality {label}] {report['quality'][label]}, weights {report['weight_mib'][label]} MiB", flush=True)
     del reference, model
 
-    engines = {label: Engine(args.model_path, dtype=args.dtype, max_running_requests=16, **CONFIGS[label])
+    engines = {label: Engine(args.model_path, dtype=dtype_name, max_running_requests=16, **CONFIGS[label])
                for label in labels}
     try:
         for label in labels[1:]:
@@ -310,15 +327,17 @@ def markdown(report: dict) -> str:
         lines.append(f"| {label} | {quality} | {g['identical']}/{g['of']} | {s1['tokens_per_s']} "
                      f"({s1['speedup']}x) | {s16['tokens_per_s']} ({s16['speedup']}x) | "
                      f"{report['weight_mib'][label]} | {report['resident_mib'][label]} |")
-    noise = report["float32_vs_reference"]
-    lines += ["", f"Noise floor of the quality metrics: the unquantized weights in float32 vs the reference: mean KL "
+    noise = report["noise_floor"]
+    lines += ["", f"Noise floor of the quality metrics: the unquantized weights in {noise['dtype']} vs the reference: "
+              f"mean KL "
               f"{noise['mean_kl']}, top-1 agreement {noise['top1_agreement']:.2%} over {noise['positions']} positions. "
               "Quality goes through the quantized kernels at every position, as decode does.", ""]
-    lines += ["", "Linear layers, microseconds per call (median): bf16 oneDNN, each kernel, dequantize + matmul.", "",
-              "| layer | shape | rows | bf16 | int8 kernel | int8 dequant | int4 kernel | int4 dequant |",
+    lines += ["", f"Linear layers, microseconds per call (median): dense {report['dtype']}, each kernel (bf16 "
+              "activations for a float32 model), dequantize + matmul.", "",
+              "| layer | shape | rows | dense | int8 kernel | int8 dequant | int4 kernel | int4 dequant |",
               "|---|---|---|---|---|---|---|---|"]
     for r in report["kernels"]:
-        lines.append(f"| {r['layer']} | {r['shape'][0]}x{r['shape'][1]} | {r['rows']} | {r['bf16_us']} | "
+        lines.append(f"| {r['layer']} | {r['shape'][0]}x{r['shape'][1]} | {r['rows']} | {r['dense_us']} | "
                      f"{r['int8_kernel_us']} | {r['int8_dequant_us']} | {r['int4_kernel_us']} | "
                      f"{r['int4_dequant_us']} |")
     from runtime.bench.results import floors_markdown

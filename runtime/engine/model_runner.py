@@ -133,8 +133,14 @@ class ModelRunner:
             raise ValueError(f"--quantization {cfg.quantization} runs on CPU only (its kernels are torch's CPU "
                              f"ones); this engine is on {self.device}")
         model = load_model(model_path, self.model_config, torch.float32, self.device, self.tp)
-        count = model.quantize(cfg.quantization, cfg.quantization_group_size, cfg.lm_head_quantization)
-        logger.info("%d linear layers quantized (%s; head %s)", count, cfg.quantization, cfg.lm_head_quantization)
+        rounded = None
+        if cfg.quantization_method == "gptq":
+            from runtime.layers.gptq import gptq_int8_weights
+
+            rounded = gptq_int8_weights(model_path, include_head=cfg.lm_head_quantization == "int8")
+        count = model.quantize(cfg.quantization, cfg.quantization_group_size, cfg.lm_head_quantization, rounded)
+        logger.info("%d linear layers quantized (%s; head %s; int8 rounding %s)", count, cfg.quantization,
+                    cfg.lm_head_quantization, cfg.quantization_method)
         for param in model.parameters():  # embeddings, norms, biases (the rotary tables stay float32)
             param.data = param.data.to(self.dtype)
         gc.collect()

@@ -27,6 +27,8 @@ the kernel reads are cast to the activation dtype when the layer first runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -191,9 +193,19 @@ def _check_int4_shape(out_features: int, in_features: int, group_size: int) -> N
                          f"group {group_size}")
 
 
-def quantize_linear(linear: nn.Module, method: str, group_size: int) -> QuantizedLinear:
+# name -> (q int8 [out, in], scale [out]) already rounded (GPTQ, runtime/layers/gptq.py), or None
+Int8Weights = Callable[[str], "tuple[torch.Tensor, torch.Tensor] | None"]
+
+
+def quantize_linear(linear: nn.Module, method: str, group_size: int,
+                    int8_weights: tuple[torch.Tensor, torch.Tensor] | None = None) -> QuantizedLinear:
     weight, bias = linear.weight, getattr(linear, "bias", None)  # an nn.Embedding for a tied head
     if method == "int8":
+        if int8_weights is not None:
+            q, scale = int8_weights
+            if q.shape != weight.shape:
+                raise ValueError(f"rounded int8 weight {tuple(q.shape)} for a {tuple(weight.shape)} layer")
+            return Int8Linear(q, scale, bias)
         return Int8Linear.from_float(weight, bias)
     if method == "int4":
         return Int4Linear.from_float(weight, bias, group_size)
@@ -201,23 +213,21 @@ def quantize_linear(linear: nn.Module, method: str, group_size: int) -> Quantize
 
 
 def quantize_decoder(layers: nn.Module, head: nn.Module, method: str, group_size: int,
-                     head_method: str = "none") -> tuple[int, QuantizedLinear | None]:
+                     head_method: str = "none", int8_weights: Int8Weights | None = None,
+                     prefix: str = "model.layers") -> tuple[int, QuantizedLinear | None]:
     """Quantize every linear layer under `layers` in place (`method`), and build the output
     head's quantized form from `head` (an nn.Linear, or the nn.Embedding of a tied head)
-    when `head_method` is not none. Returns (layers quantized, the new head or None)."""
-    count = quantize_linears(layers, method, group_size) if method != "none" else 0
+    when `head_method` is not none. int8 layers take their integers from `int8_weights`
+    (by module name: `prefix`.0.self_attn.o_proj, ..., lm_head) where it has them, else
+    round to nearest. Returns (layers quantized, the new head or None)."""
+    lookup = int8_weights or (lambda name: None)
+    count = 0
+    if method != "none":
+        for parent_name, parent in list(layers.named_modules(prefix=prefix)):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.Linear):
+                    setattr(parent, name, quantize_linear(child, method, group_size, lookup(f"{parent_name}.{name}")))
+                    count += 1
     if head_method == "none":
         return count, None
-    return count + 1, quantize_linear(head, head_method, group_size)
-
-
-def quantize_linears(model: nn.Module, method: str, group_size: int = 32) -> int:
-    """Replace every nn.Linear under `model` (MergedLinear included) by its quantized
-    form; returns how many were replaced."""
-    count = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(parent, name, quantize_linear(child, method, group_size))
-                count += 1
-    return count
+    return count + 1, quantize_linear(head, head_method, group_size, lookup("lm_head"))

@@ -157,15 +157,31 @@ class LlamaForCausalLM(nn.Module):
         logits = self.tp.gather_vocab(logits, self.config.vocab_size)
         return logits.float() if float32 else logits
 
-    def quantize(self, method: str, group_size: int, lm_head_method: str = "none") -> int:
+    def quantize(self, method: str, group_size: int, lm_head_method: str = "none",
+                 rounded_int8: dict[str, torch.Tensor] | None = None) -> int:
         """Weight-only quantization of every linear layer of the decoder layers (`method`)
         and of the output head (`lm_head_method`; for tied embeddings a quantized copy of
-        the table, the lookup keeps reading the float table). Returns how many layers."""
+        the table, the lookup keeps reading the float table). int8 layers take their
+        integers from `rounded_int8` where given (GPTQ: "{checkpoint module}.q" / ".scale",
+        runtime/layers/gptq.py), else round to nearest. Returns how many layers."""
         head = self.lm_head if self.lm_head is not None else self.model.embed_tokens
-        count, quantized_head = quantize_decoder(self.model.layers, head, method, group_size, lm_head_method)
+        lookup = None if rounded_int8 is None else functools.partial(self._rounded_int8, rounded_int8)
+        count, quantized_head = quantize_decoder(self.model.layers, head, method, group_size, lm_head_method, lookup)
         if quantized_head is not None:
             self.lm_head = quantized_head
         return count
+
+    def _rounded_int8(self, tensors: dict[str, torch.Tensor], name: str):
+        """Module `name`'s (q, scale) from checkpoint-named tensors: a fused module (q|k|v,
+        gate|up) stacks its checkpoint modules' rows in its own shard order; None if absent."""
+        parent, _, leaf = name.rpartition(".")
+        shards = {shard: f"{parent}.{ckpt}" for ckpt, (fused, shard) in self.packed_modules_mapping.items()
+                  if fused == leaf}
+        offsets = self.get_submodule(name).shard_offsets if shards else {}
+        parts = [shards[s] for s in sorted(shards, key=offsets.__getitem__)] if shards else [name]
+        if any(f"{p}.q" not in tensors for p in parts):
+            return None
+        return torch.cat([tensors[f"{p}.q"] for p in parts]), torch.cat([tensors[f"{p}.scale"] for p in parts])
 
     def pack_for_onednn(self) -> int:
         """CPU bf16: every linear layer, and the output head (for tied embeddings a reordered

@@ -76,9 +76,10 @@ def test_gguf_q4_1_blocks_come_back_exactly():
     assert torch.equal(layer.scale.T, d)
 
 
-def test_quantize_linears_replaces_every_linear_and_needs_divisible_groups():
+def test_quantize_decoder_replaces_every_linear_and_needs_divisible_groups():
     model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 16, bias=False))
-    assert quant.quantize_linears(model, "int4", 32) == 2
+    count, head = quant.quantize_decoder(model, torch.nn.Embedding(32, 64), "int4", 32)
+    assert (count, head) == (2, None)
     assert all(isinstance(m, Int4Linear) for m in (model[0], model[2]))
     for shape in ((16, 48), (8, 64)):
         with pytest.raises(ValueError, match="int4 needs a group size"):

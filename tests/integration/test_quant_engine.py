@@ -4,14 +4,23 @@ tokens as the same quantized model run one request at a time, and the layers rea
 quantized."""
 
 import pytest
+import torch
 
 from runtime.demo.checkpoint import demo_model_path
+from runtime.layers.gptq import gptq_int8_weights
 from runtime.layers.quant import Int4Linear, Int8Linear, QuantizedLinear
 from tests.helpers import make_core, random_prompts, run_core
 
 GREEDY = {"max_new_tokens": 24, "temperature": 0.0, "ignore_eos": True}
-METHODS = {"int8": {"quantization": "int8"}, "int4": {"quantization": "int4"},
-           "int4-g128-head8": {"quantization": "int4", "quantization_group_size": 128, "lm_head_quantization": "int8"},
+# the quantized layers run their kernel at every row count: a float32 model's kernel takes bf16 activations,
+# the dequantized path (above KERNEL_MAX_ROWS) float32 ones, so a short prompt's prefill bits would depend on
+# what it is batched with; with one path they may not
+ONE_PATH = {"extra": {"quantized_kernel_max_rows": 1 << 30}}
+METHODS = {"int8": {"quantization": "int8", **ONE_PATH}, "int4": {"quantization": "int4", **ONE_PATH},
+           "int4-g128-head8": {"quantization": "int4", "quantization_group_size": 128, "lm_head_quantization": "int8",
+                               **ONE_PATH},
+           "int8-gptq-head8": {"quantization": "int8", "lm_head_quantization": "int8", "quantization_method": "gptq",
+                               **ONE_PATH},
            "kv-int8": {"kv_cache_dtype": "int8"}}
 
 
@@ -64,3 +73,31 @@ def test_bad_quantization_options_are_refused(path):
         make_core(path, quantization="int4", quantization_group_size=48)
     with pytest.raises(ValueError, match="quantization must be one of"):
         make_core(path, quantization="fp3")
+
+
+def test_gptq_layers_hold_the_checkpoint_modules_rounded_integers(path):
+    """A fused layer stacks the rounded rows of its checkpoint modules (q|k|v, gate|up) in
+    its shard order; the head gets its own; GPTQ's integers differ from round to
+    nearest's, the scales (max |w| / 127 per row) do not."""
+    model = make_core(path, quantization="int8", lm_head_quantization="int8", quantization_method="gptq").runner.model
+    rtn = make_core(path, quantization="int8", lm_head_quantization="int8").runner.model
+    rounded = gptq_int8_weights(path, include_head=True)
+    layer = model.model.layers[1]
+    parts = {"self_attn.qkv_proj": ("q_proj", "k_proj", "v_proj"), "mlp.gate_up_proj": ("gate_proj", "up_proj"),
+             "self_attn.o_proj": ("o_proj",), "mlp.down_proj": ("down_proj",)}
+    for ours, names in parts.items():
+        parent = ours.split(".")[0]
+        want = torch.cat([rounded[f"model.layers.1.{parent}.{n}.q"] for n in names])
+        got, plain = layer.get_submodule(ours), rtn.model.layers[1].get_submodule(ours)
+        assert torch.equal(got.q, want) and not torch.equal(got.q, plain.q)
+        torch.testing.assert_close(got.scale, plain.scale)
+    assert torch.equal(model.lm_head.q, rounded["lm_head.q"])
+
+
+def test_bad_quantization_method_is_refused(path):
+    with pytest.raises(ValueError, match="gptq rounds int8 layers"):
+        make_core(path, quantization="int4", quantization_method="gptq")
+    with pytest.raises(ValueError, match="not with tp_size > 1"):
+        make_core(path, quantization="int8", quantization_method="gptq", tp_size=2)
+    with pytest.raises(ValueError, match="quantization_method must be one of"):
+        make_core(path, quantization="int8", quantization_method="awq")

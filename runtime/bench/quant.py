@@ -18,6 +18,7 @@ default model — quality against the unquantized model and decode speed, per co
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 import statistics
 import time
@@ -91,23 +92,21 @@ def hf_model(checkpoint: str, dtype: torch.dtype, options: dict):
     from transformers import AutoModelForCausalLM
 
     from runtime.layers.gptq import gptq_int8_weights
-    from runtime.layers.quant import QuantizedLinear, quantize_decoder
+    from runtime.layers.quant import quantize_decoder, rounded_int8, set_kernel_max_rows
 
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
     head_method = options.get("lm_head_quantization", "none")
     lookup = None
     if options.get("quantization_method") == "gptq":
         rounded = gptq_int8_weights(checkpoint, include_head=head_method == "int8")
-        lookup = lambda name: (rounded[f"{name}.q"], rounded[f"{name}.scale"]) if f"{name}.q" in rounded else None  # noqa: E731
+        lookup = functools.partial(rounded_int8, rounded)
     _, head = quantize_decoder(model.model.layers, model.lm_head, options.get("quantization", "none"),
                                options.get("quantization_group_size", 32), head_method, lookup)
     if head is not None:
         model.lm_head = head
     for param in model.parameters():
         param.data = param.data.to(dtype)
-    for layer in model.modules():
-        if isinstance(layer, QuantizedLinear):
-            layer.kernel_max_rows = 1 << 30
+    set_kernel_max_rows(model, 1 << 30)
     return model
 
 

@@ -21,7 +21,7 @@ from runtime.engine.tensor_parallel import agree
 from runtime.engine.verify import verify_drafts
 from runtime.layers.linear import onednn_packing_available
 from runtime.layers.parallel import SINGLE, TensorParallel
-from runtime.layers.quant import QuantizedLinear
+from runtime.layers.quant import set_kernel_max_rows
 from runtime.models.loader import load_model
 
 logger = logging.getLogger(__name__)
@@ -146,11 +146,8 @@ class ModelRunner:
             param.data = param.data.to(self.dtype)
         # tests: one path for every step, so a token's bits do not depend on its step's rows (a float32
         # model's kernel rounds activations to bf16, the dequantized path above KERNEL_MAX_ROWS does not)
-        kernel_rows = cfg.extra.get("quantized_kernel_max_rows")
-        if kernel_rows is not None:
-            for layer in model.modules():
-                if isinstance(layer, QuantizedLinear):
-                    layer.kernel_max_rows = kernel_rows
+        if "quantized_kernel_max_rows" in cfg.extra:
+            set_kernel_max_rows(model, cfg.extra["quantized_kernel_max_rows"])
         gc.collect()
         _return_freed_memory()
         return model

@@ -212,18 +212,33 @@ def quantize_linear(linear: nn.Module, method: str, group_size: int,
     raise ValueError(f"unknown quantization {method!r}; one of {QUANTIZATIONS}")
 
 
+def rounded_int8(tensors: dict[str, torch.Tensor], name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Module `name`'s (q, scale) from tensors named "{module}.q" / "{module}.scale" (the
+    GPTQ cache, runtime/layers/gptq.py); None if it has none for that module."""
+    if f"{name}.q" not in tensors:
+        return None
+    return tensors[f"{name}.q"], tensors[f"{name}.scale"]
+
+
+def set_kernel_max_rows(model: nn.Module, rows: int) -> None:
+    """Every quantized layer under `model` runs its kernel up to `rows` rows (dequantizes above)."""
+    for layer in model.modules():
+        if isinstance(layer, QuantizedLinear):
+            layer.kernel_max_rows = rows
+
+
 def quantize_decoder(layers: nn.Module, head: nn.Module, method: str, group_size: int,
-                     head_method: str = "none", int8_weights: Int8Weights | None = None,
-                     prefix: str = "model.layers") -> tuple[int, QuantizedLinear | None]:
+                     head_method: str = "none",
+                     int8_weights: Int8Weights | None = None) -> tuple[int, QuantizedLinear | None]:
     """Quantize every linear layer under `layers` in place (`method`), and build the output
     head's quantized form from `head` (an nn.Linear, or the nn.Embedding of a tied head)
     when `head_method` is not none. int8 layers take their integers from `int8_weights`
-    (by module name: `prefix`.0.self_attn.o_proj, ..., lm_head) where it has them, else
+    (by module name: model.layers.0.self_attn.o_proj, ..., lm_head) where it has them, else
     round to nearest. Returns (layers quantized, the new head or None)."""
     lookup = int8_weights or (lambda name: None)
     count = 0
     if method != "none":
-        for parent_name, parent in list(layers.named_modules(prefix=prefix)):
+        for parent_name, parent in list(layers.named_modules(prefix="model.layers")):
             for name, child in list(parent.named_children()):
                 if isinstance(child, nn.Linear):
                     setattr(parent, name, quantize_linear(child, method, group_size, lookup(f"{parent_name}.{name}")))

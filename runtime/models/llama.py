@@ -20,7 +20,7 @@ from runtime.layers.attention import AttentionBackend
 from runtime.layers.linear import MergedLinear, OneDNNLinear, pack_linears_onednn
 from runtime.layers.norm import RMSNorm
 from runtime.layers.parallel import SINGLE, TensorParallel, VocabParallelEmbedding
-from runtime.layers.quant import quantize_decoder
+from runtime.layers.quant import quantize_decoder, rounded_int8
 from runtime.layers.rotary import RotaryEmbedding, apply_rotary
 
 
@@ -178,10 +178,11 @@ class LlamaForCausalLM(nn.Module):
         shards = {shard: f"{parent}.{ckpt}" for ckpt, (fused, shard) in self.packed_modules_mapping.items()
                   if fused == leaf}
         offsets = self.get_submodule(name).shard_offsets if shards else {}
-        parts = [shards[s] for s in sorted(shards, key=offsets.__getitem__)] if shards else [name]
-        if any(f"{p}.q" not in tensors for p in parts):
+        names = [shards[s] for s in sorted(shards, key=offsets.__getitem__)] if shards else [name]
+        parts = [rounded_int8(tensors, n) for n in names]
+        if None in parts:
             return None
-        return torch.cat([tensors[f"{p}.q"] for p in parts]), torch.cat([tensors[f"{p}.scale"] for p in parts])
+        return torch.cat([q for q, _ in parts]), torch.cat([scale for _, scale in parts])
 
     def pack_for_onednn(self) -> int:
         """CPU bf16: every linear layer, and the output head (for tied embeddings a reordered

@@ -154,8 +154,9 @@ class EngineConfig:
                               "distributed: gloo on CPU, NCCL on CUDA, one GPU per rank; runtime/engine/"
                               "tensor_parallel.py)")
     num_threads: int | None = _option(None, "torch CPU threads per rank (default: the cores / --tp-size)")
-    cpu_linear: str = _option("auto", "CPU linear layers: onednn (weights reordered once at load; bf16 only) or "
-                                      "torch (F.linear); auto: onednn where available", ("auto", "onednn", "torch"))
+    cpu_linear: str = _option("auto", "CPU linear layers: onednn (weights reordered once at load; float32, and "
+                                      "bf16 on CPUs with its kernels) or torch (F.linear); auto: onednn where "
+                                      "available", ("auto", "onednn", "torch"))
     quantization: str = _option("none", "weight-only quantization of the linear layers, CPU (runtime/layers/"
                                         "quant.py): int8 per channel or int4 per group", QUANTIZATIONS)
     quantization_group_size: int = _option(32, "int4: weights per scale (32 matches GGUF Q4_0/Q4_1 blocks)",

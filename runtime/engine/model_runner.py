@@ -155,8 +155,8 @@ class ModelRunner:
     def _use_onednn(self) -> bool:
         available = onednn_packing_available(self.dtype, self.device)
         if self.cfg.cpu_linear == "onednn" and not available:
-            raise ValueError(f"--cpu-linear onednn needs a CPU bf16 model with oneDNN (got {self.dtype} on "
-                             f"{self.device})")
+            raise ValueError(f"--cpu-linear onednn needs a CPU model with oneDNN, float32 or bf16 with oneDNN's bf16 "
+                             f"kernels (got {self.dtype} on {self.device})")
         return available and self.cfg.cpu_linear != "torch"
 
     def _pool_size(self) -> int:

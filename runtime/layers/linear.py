@@ -31,18 +31,23 @@ class MergedLinear(nn.Linear):
 
 
 def onednn_packing_available(dtype: torch.dtype, device: str) -> bool:
-    """oneDNN's reordered-weight linear: CPU bf16 only (there it matched F.linear bit for
-    bit in our measurements; in fp32 it is not bitwise equal and no faster at batch 1).
-    Its bf16 path needs AVX512 (bw/vl/dq) or AVX-NE-CONVERT: not on every x86 CPU."""
-    return device == "cpu" and dtype == torch.bfloat16 and cpu_has_fast_bf16()
+    """oneDNN's reordered-weight linear on CPU. bf16: it matched F.linear bit for bit in our
+    measurements, and needs AVX512 (bw/vl/dq) or AVX-NE-CONVERT (not on every x86 CPU).
+    float32: not bitwise equal to F.linear (~1e-6 relative), but each row's bits do not depend
+    on the other rows, and on an AVX2 EPYC (2 threads) it is 1.9x faster for the default
+    model's [49152, 576] head at one row and 2-3x at 4-16 rows (a verify step's), where
+    F.linear's small-row GEMM reaches a fraction of the bandwidth."""
+    if device != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and cpu_has_fast_bf16())
 
 
 class OneDNNLinear(nn.Module):
     """y = x W^T + b with W reordered once, at load, into oneDNN's blocked layout.
 
-    `F.linear` on a plain [out, in] bf16 weight reaches ~20 GB/s of weight reads on this
-    CPU in decode-sized GEMVs; the reordered weight reaches ~35 GB/s (1.6-1.8x faster
-    at 1-64 rows, about even at prefill sizes). The dense weight is dropped: the
+    `F.linear` on a plain [out, in] bf16 weight reaches ~20 GB/s of weight reads on an
+    AVX512 CPU in decode-sized GEMVs; the reordered weight reaches ~35 GB/s (1.6-1.8x faster
+    at 1-64 rows, about even at prefill sizes); float32: see onednn_packing_available. The dense weight is dropped: the
     reordered copy is the only one (an opaque mkldnn tensor, the same bytes)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:

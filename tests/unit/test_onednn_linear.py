@@ -9,10 +9,26 @@ from runtime.layers.linear import MergedLinear, OneDNNLinear, onednn_packing_ava
 from tests.helpers import BF16_ONEDNN, needs_bf16_onednn
 
 
-def test_available_for_cpu_bf16_only():
+def test_available_on_cpu_for_float32_and_bf16_with_its_kernels():
     assert onednn_packing_available(torch.bfloat16, "cpu") == BF16_ONEDNN  # CI's torch is built with oneDNN
-    assert not onednn_packing_available(torch.float32, "cpu")
-    assert not onednn_packing_available(torch.bfloat16, "cuda")
+    assert onednn_packing_available(torch.float32, "cpu")
+    assert not onednn_packing_available(torch.float16, "cpu")
+    assert not onednn_packing_available(torch.bfloat16, "cuda") and not onednn_packing_available(torch.float32, "cuda")
+
+
+@pytest.mark.parametrize("shape", [(1000, 576), (576, 1536)])
+def test_float32_is_close_to_f_linear_and_row_invariant(shape):
+    """Not bitwise equal to F.linear in float32, but close, and a row's bits are the same
+    whatever rows it is computed with (so batching does not change a request's tokens)."""
+    g = torch.Generator().manual_seed(0)
+    w, b = torch.randn(*shape, generator=g) / shape[1] ** 0.5, torch.randn(shape[0], generator=g)
+    x = torch.randn(80, shape[1], generator=g)
+    layer = OneDNNLinear(w, b)
+    with torch.inference_mode():
+        full = layer(x)
+        torch.testing.assert_close(full, F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+        for rows in (1, 3, 9, 32, 64):
+            assert torch.equal(layer(x[:rows]), full[:rows])
 
 
 @needs_bf16_onednn

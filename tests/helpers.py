@@ -16,7 +16,7 @@ ARCHS = ("llama", "qwen2", "qwen3", "mistral")
 # oneDNN's bf16 linear needs AVX512 (bw/vl/dq) or AVX-NE-CONVERT; some x86 CPUs (AVX2-only EPYCs) lack them
 BF16_ONEDNN = cpu_has_fast_bf16()
 needs_bf16_onednn = pytest.mark.skipif(not BF16_ONEDNN, reason="this CPU has no oneDNN bf16 path (AVX512 bw/vl/dq or "
-                                                               "AVX-NE-CONVERT): the engine uses F.linear here")
+                                                               "AVX-NE-CONVERT): bf16 models use F.linear here")
 PROMPT_LENS = (1, 5, 17, 64, 100, 150, 233, 300)
 
 

@@ -105,7 +105,9 @@ def code_edit(rng: random.Random, i: int) -> Conversation:
     f, g = rng.choice(["filter_top", "select_best", "keep_high", "pick_scores"]), rng.choice(["top_entries", "best_of"])
     code = CODE_TEMPLATES[i % len(CODE_TEMPLATES)].format(f=f, a=a, b=rng.choice(["limit", "threshold", "size"]))
     edit = CODE_EDITS[i % len(CODE_EDITS)].format(g=g, a=a, c=c)
-    return Conversation([{"role": "user", "content": f"```python\n{code}```\n\n{edit}"}], {})
+    # the answer is the function: an editing agent stops at the end of its code block (the small
+    # model would go on to explain the change in free text, which is the free-chat workload's job)
+    return Conversation([{"role": "user", "content": f"```python\n{code}```\n\n{edit}"}], {"stop": ["\n```"]})
 
 
 def tool_loop(rng: random.Random, i: int) -> Conversation:

@@ -40,8 +40,8 @@ CONFIGS = {  # label -> engine options
     "int4+head4": {"quantization": "int4", "lm_head_quantization": "int4"},
     "kv-int8": {"kv_cache_dtype": "int8"},
 }
-# label -> (decode speed-up at batch 1, top-1 agreement): the issue's int8 and int4 floors
-# issue 18's floors (batch-1 decode speed-up, top-1 agreement), for every config of that weight format
+# label -> (decode speed-up at batch 1, top-1 agreement): the issue's int8 and int4 floors, for
+# every config of that weight format
 FLOORS = {"int8": (1.3, 0.97), "int8-gptq": (1.3, 0.97), "int8+head8-gptq": (1.3, 0.97), "int4": (1.6, 0.90),
           "int4+head8": (1.6, 0.90)}
 KERNEL_ROWS = (1, 4, 16, 32, 128)

@@ -90,8 +90,8 @@ def test_hostile_input_gets_a_quick_400_and_others_stay_fast(server, case):
     other.join(30)
     assert r.status_code == 400, r.text[:500]
     assert message in r.json()["error"]["message"], r.json()
-    # well under 1.5 s on a quiet 2-core machine; 2.2 s seen on a slowed CI run (the grammar
-    # backend refuses the compile at its size limit)
+    # under 0.5 s on a quiet 2-core machine (the grammar backend refuses the compile at its
+    # size limits: llguidance_backend.LEXER_BUILD_FUEL); CI machines run up to ~3x slower
     assert elapsed < 3.0, f"{case}: {elapsed:.2f} s"
     assert small["status"] == 200 and small["seconds"] < 2, small
 

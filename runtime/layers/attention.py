@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from runtime.kernels import cpu_attention
+
 if TYPE_CHECKING:  # layers sit below cache/engine in the import order: types only
     from runtime.cache.kv_pool import KVPool
     from runtime.engine.forward_batch import ForwardBatch
@@ -58,6 +60,14 @@ class PaddedMetadata:
     shared_range: tuple[int, int] | None = None  # (first slot, S) when those slots are consecutive
 
 
+@dataclass
+class SlotRowsMetadata:
+    """Decode and verify with the CPU slot kernels (runtime/kernels/cpu_attention.py): one
+    row per new token, read straight from the pool (no gather, no shared-prefix split)."""
+    kv_indices: torch.Tensor  # int64 [R, W], W a multiple of DECODE_KV_ALIGN: row r's slots in order
+    kv_lens: torch.Tensor  # int64 [R]: keys row r sees (a verify token: its prefix and itself)
+
+
 MIN_SHARED_PREFIX = 64  # shared KV tokens from which reading them once for the batch pays
 # decode keys are padded to a multiple of this: the bf16 matmul kernels block their reduction
 # in sizes dividing it, so zero padding past a row's keys adds exact zeros (with unaligned
@@ -81,13 +91,31 @@ class TorchNativeBackend(AttentionBackend):
     a few-shot block or a RAG document the radix cache shares), that prefix is gathered
     and multiplied once for the whole batch (cascade attention) and only each request's
     own tail is gathered per request; one softmax runs over both parts.
-    Gathers use index_select (a tight copy loop; advanced indexing is ~10x slower)."""
+    Gathers use index_select (a tight copy loop; advanced indexing is ~10x slower).
+
+    On CPU with float32/bf16 KV, decode and verify skip all of that when the C++ slot
+    kernels build (`slot_kernels`): each row's scores and weighted sum read the pool's
+    slots directly, row by row, so a row's bits do not depend on the batch around it."""
+
+    def __init__(self, pool: "KVPool", num_heads: int, num_kv_heads: int, head_dim: int) -> None:
+        super().__init__(pool, num_heads, num_kv_heads, head_dim)
+        self.slot_kernels = (torch.device(pool.device).type == "cpu" and pool.k_scales is None
+                             and pool.dtype in (torch.float32, torch.bfloat16)
+                             and cpu_attention.extension() is not None)
 
     def init_forward_metadata(self, fb: "ForwardBatch") -> None:
         q_lens = torch.tensor(fb.extend_lens, dtype=torch.int64)  # [B]
         kv_lens = torch.tensor(fb.seq_lens, dtype=torch.int64)  # [B]
         max_q, max_kv = int(q_lens.max()), fb.kv_indices.shape[1]
         device = fb.input_ids.device
+        if self.slot_kernels and (max_q == 1 or fb.mode.value == "verify"):
+            kv_indices = fb.kv_indices
+            if max_q > 1:  # one row per new token
+                rows, kv_lens = verify_rows(q_lens, kv_lens)
+                kv_indices = kv_indices.index_select(0, rows)
+            pad = -kv_indices.shape[1] % DECODE_KV_ALIGN  # softmax bits then do not depend on W
+            fb.attn_metadata = SlotRowsMetadata(F.pad(kv_indices, (0, pad)).contiguous(), kv_lens)
+            return
         if max_q == 1:
             fb.attn_metadata = self._decode_metadata(fb.kv_indices, kv_lens, device)
             return
@@ -169,6 +197,12 @@ class TorchNativeBackend(AttentionBackend):
     def forward(self, q, k, v, layer_id, fb):
         pool, md = self.pool, fb.attn_metadata
         pool.write(layer_id, fb.out_cache_loc, k, v)
+        if isinstance(md, SlotRowsMetadata):  # q: [R, H, D], one row per new token
+            q = q if q.stride(-1) == 1 else q.contiguous()
+            scores = cpu_attention.paged_scores(q, pool.k_buffers[layer_id], md.kv_indices, md.kv_lens, self.scale)
+            probs = torch.softmax(scores, dim=-1)  # float32 [R, H, W]
+            out = cpu_attention.paged_weighted_sum(probs, pool.v_buffers[layer_id], md.kv_indices, md.kv_lens)
+            return out.view(q.shape[0], -1)  # [R, H * D]
         hkv, g = self.num_kv_heads, self.num_heads // self.num_kv_heads
         b = md.kv_flat.numel() // (hkv * md.max_kv)  # requests (decode: padded rows included)
         keys = pool.rows(layer_id, False, md.kv_flat).view(hkv, b, md.max_kv, -1)

@@ -93,20 +93,24 @@ def test_bf16_onednn_linears_equal_torch_linears(arch):
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
-def test_cascade_attention_over_a_shared_prefix_matches_transformers(arch, monkeypatch):
+@pytest.mark.parametrize("slot_kernels", [False, True], ids=["gather", "slot-kernels"])
+def test_cascade_attention_over_a_shared_prefix_matches_transformers(arch, slot_kernels, monkeypatch):
     """Requests behind a cached 120-token prefix share its KV slots, so their decode steps
-    read it once for the batch (cascade attention): still token-identical to transformers."""
+    read it once for the batch (cascade attention) on the gather path, or row by row from
+    the pool on the CPU slot kernels: token-identical to transformers either way."""
     path = demo_model_path(arch, "tiny", "float32")
     prefix = random_prompts(lens=[120], seed=5)[0]
     prompts = [prefix + tail for tail in random_prompts(lens=[3, 9, 17, 30], seed=6)]
     refs = [hf_greedy(path, p, NEW_TOKENS) for p in prompts]
     core = make_core(path)
+    assert core.runner.attn.slot_kernels  # the default on CPU
+    core.runner.attn.slot_kernels = slot_kernels
     calls = []
     original = core.runner.attn._decode_cascade
     monkeypatch.setattr(core.runner.attn, "_decode_cascade", lambda *a: calls.append(1) or original(*a))
     run_core(core, [prefix], {"max_new_tokens": 1, "temperature": 0.0})  # caches the prefix
     got = run_core(core, prompts, GREEDY, return_logprob=True)
-    assert calls, "decode steps should have read the shared prefix once (cascade)"
+    assert bool(calls) != slot_kernels, "gather-path decode steps read the shared prefix once (cascade)"
     for i, (ref_ids, ref_lps) in enumerate(refs):
         assert got[f"r{i}"]["output_ids"] == ref_ids, f"{arch}: prompt {i} diverged"
         assert got[f"r{i}"]["cached_tokens"] >= 120

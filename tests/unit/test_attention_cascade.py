@@ -68,14 +68,18 @@ def _forward_batch(mode, kv_indices, extend_lens, seq_lens, out_cache_loc):
 
 @pytest.mark.parametrize("prefix_len", [40, 63, 64, 200, 333])
 @pytest.mark.parametrize("share", [False, True])
-def test_verify_rows_get_the_bits_of_decode_steps(prefix_len, share):
+@pytest.mark.parametrize("slot_kernels", [False, True], ids=["gather", "slot-kernels"])
+def test_verify_rows_get_the_bits_of_decode_steps(prefix_len, share, slot_kernels):
     """A verify step's tokens (bf16) come out bit-identical to the same tokens decoded one
     step at a time, next to another request of a different length (share: one that shares
-    request 0's prefix, so both kinds of step read it once)."""
+    request 0's prefix, so both kinds of step of the gather path read it once), on the
+    torch gather path and on the CPU slot kernels."""
     torch.manual_seed(prefix_len)
     heads, kv_heads, dim, k = 9, 3, 64, 5
     pool = KVPool(1, 1024, kv_heads, dim, torch.bfloat16, "cpu")
     attn = TorchNativeBackend(pool, heads, kv_heads, dim)
+    assert attn.slot_kernels, "the CPU slot kernels did not build (see the log's warning)"
+    attn.slot_kernels = slot_kernels
     own = [prefix_len + k + 1, 97]  # request 0 verifies k + 1 tokens, request 1 decodes one
     slots = [torch.arange(1, own[0] + 1), torch.arange(600, 600 + own[1])]
     if share:
@@ -89,7 +93,8 @@ def test_verify_rows_get_the_bits_of_decode_steps(prefix_len, share):
     new_kv = [b[0].transpose(0, 1)[written] for b in (pool.k_buffers, pool.v_buffers)]  # [k + 2, Hkv, D]
     fb = _forward_batch(ForwardMode.VERIFY, kv, [k + 1, 1], lens, written)
     attn.init_forward_metadata(fb)
-    assert (fb.attn_metadata.shared_slots is not None) == (share and prefix_len >= MIN_SHARED_PREFIX)
+    if not slot_kernels:
+        assert (fb.attn_metadata.shared_slots is not None) == (share and prefix_len >= MIN_SHARED_PREFIX)
     got = attn.forward(q, *new_kv, 0, fb)  # [k + 2, H * D]
     for j in range(k + 1):  # token j of request 0 over prefix + j + 1 keys, decoded beside request 1
         n = lens[0] - k + j

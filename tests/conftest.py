@@ -25,3 +25,12 @@ def tokenizer(tiny_model_path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model_path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cpu_attention_kernels_built():
+    """Compile the CPU attention kernels once, in this process, before any test starts a
+    server: the servers then load the cached build instead of compiling side by side."""
+    from runtime.kernels import cpu_attention
+
+    cpu_attention.extension()

@@ -226,6 +226,23 @@ class ModelUnderTest:
         out["norms, rotary, residual"] = max(0.0, out["total"] - sum(out.get(p, 0.0) for p in MODEL_PHASES[:5]))
         return out
 
+    def attention_paths(self, seq_lens: list[int], steps: int, rounds: int = 3) -> dict[str, dict[str, float]] | None:
+        """Decode step and attention seconds on the CPU slot kernels vs the gather path,
+        alternating `rounds` times (medians); None where the slot kernels are not in use."""
+        self._batch(seq_lens, [1] * len(seq_lens))  # builds the backend
+        if not getattr(self.attn, "slot_kernels", False):
+            return None
+        runs: dict[str, list[dict[str, float]]] = {"slot kernels": [], "gather": []}
+        try:
+            for _ in range(rounds):
+                for path in runs:
+                    self.attn.slot_kernels = path == "slot kernels"
+                    runs[path].append(self.time_step(seq_lens, [1] * len(seq_lens), steps))
+        finally:
+            self.attn.slot_kernels = True
+        return {path: {k: statistics.median(r[k] for r in rs) for k in ("total", "attention")}
+                for path, rs in runs.items()}
+
     def _timed_attention(self):
         timer, attn = self.timer, self.attn
 
@@ -323,6 +340,9 @@ def run(args: argparse.Namespace) -> None:
             rows = phase_rows(mut.costs(batch, batch * seq, batch * seq, batch), ours, machine)
             run = {"kind": "decode", "threads": threads, "batch": batch, "machine": machine, "phases": rows,
                    "forward_s": ours["total"]}
+            paths = mut.attention_paths([seq] * batch, max(5, args.steps // 2))
+            if paths:
+                run["attention_paths"] = paths
             if not args.no_server:
                 engine = measure_engine(model.hf_dir, args.dtype, threads, batch, args.context, args.steps)
                 served = measure_server(model.hf_dir, args.dtype, threads, batch, args.context, args.steps)
@@ -374,6 +394,17 @@ def markdown(report: dict) -> str:
         lines.append(f"| {run['kind']} | {run['threads']} | {run['batch']} | {m['read_bandwidth_gb_s']:.1f} | "
                      f"{m['gemm_gflop_s']:.0f} | {run['roofline_s'] * 1e3:.2f} | {run['ours_s'] * 1e3:.2f} | "
                      f"{run['ratio']:.2f}x | {run['forward_s'] * 1e3:.2f} | {extra} |")
+    paths = [run for run in report["runs"] if "attention_paths" in run]
+    if paths:
+        lines += ["", "Decode attention read straight from the pool's slots (CPU slot kernels, the default) vs "
+                  "gathered into a padded copy first (the torch path), alternating in this run (medians):", "",
+                  "| threads | batch | step ms: slots / gather | attention ms: slots / gather | attention speed-up |",
+                  "|---|---|---|---|---|"]
+        for run in paths:
+            a, b = run["attention_paths"]["slot kernels"], run["attention_paths"]["gather"]
+            lines.append(f"| {run['threads']} | {run['batch']} | {a['total'] * 1e3:.1f} / {b['total'] * 1e3:.1f} | "
+                         f"{a['attention'] * 1e3:.1f} / {b['attention'] * 1e3:.1f} | "
+                         f"{b['attention'] / a['attention']:.2f}x |")
     for run in report["runs"]:
         lines += ["", f"{run['kind']}, {run['threads']} threads, batch {run['batch']}:", "",
                   "| phase | MB read | GFLOP | roofline ms | ours ms | ours / roofline |", "|---|---|---|---|---|---|"]

@@ -70,3 +70,7 @@ def test_roofline_command_writes_json_and_markdown(tiny_model_path, tmp_path):
         assert run["ratio"] == pytest.approx(run["ours_s"] / run["roofline_s"])
     md = out.with_suffix(".md").read_text()
     assert "| decode | 1 | 2 |" in md and "| MLP |" in md
+    for run in report["runs"][:2]:  # decode: both attention paths timed, the slot kernels left on
+        paths = run["attention_paths"]
+        assert set(paths) == {"slot kernels", "gather"} and all(p["attention"] > 0 for p in paths.values())
+    assert "attention ms: slots / gather" in md

@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -29,7 +30,7 @@ namespace {
 template <typename T>
 inline float as_float(T x) { return static_cast<float>(x); }
 
-constexpr int64_t kAhead = 8;  // keys ahead to prefetch
+constexpr int64_t kAhead = 16;  // keys ahead to prefetch
 
 template <typename T>
 inline void prefetch_row(const T* row, int64_t D) {
@@ -37,11 +38,12 @@ inline void prefetch_row(const T* row, int64_t D) {
     __builtin_prefetch(reinterpret_cast<const char*>(row) + i);
 }
 
-template <typename T>
+// kD: the head dim when known at compile time (the loops then unroll fully), 0 for any D
+template <typename T, int64_t kD>
 void scores_kernel(const T* q, const T* k, const int64_t* idx, const int64_t* lens, float* out,
-                   int64_t R, int64_t H, int64_t Hkv, int64_t D, int64_t S, int64_t W,
+                   int64_t R, int64_t H, int64_t Hkv, int64_t d_runtime, int64_t S, int64_t W,
                    int64_t q_stride_r, int64_t q_stride_h, int64_t idx_stride, float scale) {
-  const int64_t G = H / Hkv;
+  const int64_t G = H / Hkv, D = kD ? kD : d_runtime;
   at::parallel_for(0, R * Hkv, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> qf(G * D);
     for (int64_t task = begin; task < end; ++task) {
@@ -71,10 +73,11 @@ void scores_kernel(const T* q, const T* k, const int64_t* idx, const int64_t* le
   });
 }
 
-template <typename T>
+template <typename T, int64_t kD>
 void weighted_sum_kernel(const float* p, const T* v, const int64_t* idx, const int64_t* lens, T* out,
-                         int64_t R, int64_t H, int64_t Hkv, int64_t D, int64_t S, int64_t W, int64_t idx_stride) {
-  const int64_t G = H / Hkv;
+                         int64_t R, int64_t H, int64_t Hkv, int64_t d_runtime, int64_t S, int64_t W,
+                         int64_t idx_stride) {
+  const int64_t G = H / Hkv, D = kD ? kD : d_runtime;
   at::parallel_for(0, R * Hkv, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> acc(G * D);
     for (int64_t task = begin; task < end; ++task) {
@@ -100,6 +103,14 @@ void weighted_sum_kernel(const float* p, const T* v, const int64_t* idx, const i
   });
 }
 
+// f(std::integral_constant<int64_t, kD>) for the common head dims, kD = 0 otherwise
+template <typename F>
+void with_head_dim(int64_t D, F&& f) {
+  if (D == 64) f(std::integral_constant<int64_t, 64>{});
+  else if (D == 128) f(std::integral_constant<int64_t, 128>{});
+  else f(std::integral_constant<int64_t, 0>{});
+}
+
 void check(const at::Tensor& buf, const at::Tensor& idx, const at::Tensor& lens, int64_t rows) {
   TORCH_CHECK(buf.dim() == 3 && buf.is_contiguous(), "KV buffer: contiguous [Hkv, slots, D]");
   TORCH_CHECK(idx.dim() == 2 && idx.size(0) == rows && idx.stride(1) == 1 && idx.scalar_type() == at::kLong,
@@ -122,9 +133,12 @@ at::Tensor paged_scores(at::Tensor q, at::Tensor k_buf, at::Tensor idx, at::Tens
   TORCH_CHECK(k_buf.size(2) == D && H % Hkv == 0, "q heads must be a multiple of the KV heads, same D");
   auto out = at::empty({R, H, W}, q.options().dtype(at::kFloat));
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, q.scalar_type(), "paged_scores", [&] {
-    scores_kernel<scalar_t>(q.data_ptr<scalar_t>(), k_buf.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(),
-                            lens.data_ptr<int64_t>(), out.data_ptr<float>(), R, H, Hkv, D, k_buf.size(1), W,
-                            q.stride(0), q.stride(1), idx.stride(0), static_cast<float>(scale));
+    with_head_dim(D, [&](auto dim) {
+      scores_kernel<scalar_t, decltype(dim)::value>(
+          q.data_ptr<scalar_t>(), k_buf.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), lens.data_ptr<int64_t>(),
+          out.data_ptr<float>(), R, H, Hkv, D, k_buf.size(1), W, q.stride(0), q.stride(1), idx.stride(0),
+          static_cast<float>(scale));
+    });
   });
   return out;
 }
@@ -137,9 +151,11 @@ at::Tensor paged_weighted_sum(at::Tensor probs, at::Tensor v_buf, at::Tensor idx
   TORCH_CHECK(idx.size(1) == W && H % Hkv == 0, "probs [R, H, W] vs idx [R, W]");
   auto out = at::empty({R, H, D}, v_buf.options());
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, v_buf.scalar_type(), "paged_weighted_sum", [&] {
-    weighted_sum_kernel<scalar_t>(probs.data_ptr<float>(), v_buf.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(),
-                                  lens.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), R, H, Hkv, D, v_buf.size(1), W,
-                                  idx.stride(0));
+    with_head_dim(D, [&](auto dim) {
+      weighted_sum_kernel<scalar_t, decltype(dim)::value>(
+          probs.data_ptr<float>(), v_buf.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), lens.data_ptr<int64_t>(),
+          out.data_ptr<scalar_t>(), R, H, Hkv, D, v_buf.size(1), W, idx.stride(0));
+    });
   });
   return out;
 }

@@ -90,18 +90,28 @@ def test_tp2_speculative_verify_steps_equal_tp1():
     assert verified > 0, "drafts should have been accepted"
 
 
-def test_bfloat16_tp2_runs_and_agrees_with_tp1_on_most_tokens():
-    """bf16 sums in another order across ranks, so only near-agreement is promised there."""
+def test_bfloat16_tp2_runs_and_agrees_with_tp1_up_to_near_ties():
+    """bf16 sums in another order across ranks, so only near-agreement is promised there:
+    the greedy tokens are the same until the first position where they differ, and there
+    each run's token is among the other's top 5 (a near-tie of the random-weight model's
+    flat distribution, not a wrong computation). How many tokens then agree is chance."""
     path = demo_model_path("qwen2", "tiny", "float32")
     prompts = random_prompts(lens=(5, 40, 120), seed=2)
-    reference = run_core(make_core(path, dtype="bfloat16"), prompts, GREEDY)
+    options = {"return_logprob": True, "top_logprobs_num": 5}
+    reference = run_core(make_core(path, dtype="bfloat16"), prompts, GREEDY, **options)
     core = make_core(path, dtype="bfloat16", tp_size=2)
     try:
-        got = run_core(core, prompts, GREEDY)
+        got = run_core(core, prompts, GREEDY, **options)
     finally:
         core.runner.close()
-    same = sum(a == b for rid in got for a, b in zip(got[rid]["output_ids"], reference[rid]["output_ids"]))
-    assert same >= 0.5 * sum(len(r["output_ids"]) for r in reference.values())
+    for rid, ref in reference.items():
+        ours = got[rid]
+        assert len(ours["output_ids"]) == len(ref["output_ids"]) == GREEDY["max_new_tokens"], rid
+        diverged = [i for i, (a, b) in enumerate(zip(ours["output_ids"], ref["output_ids"])) if a != b]
+        if diverged:
+            i = diverged[0]
+            assert ours["output_ids"][i] in [t for _, t, *_ in ref["top_logprobs"][i]], (rid, i)
+            assert ref["output_ids"][i] in [t for _, t, *_ in ours["top_logprobs"][i]], (rid, i)
 
 
 def test_a_size_that_does_not_divide_the_heads_is_refused_before_any_worker_starts():

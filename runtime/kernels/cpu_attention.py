@@ -2,9 +2,8 @@
 csrc/paged_attention.cpp, compiled on first use with this machine's compiler and cached
 by torch under ~/.cache/torch_extensions), with a torch reference of the same contract.
 
-The torch path gathers every row's K and V into a padded copy per layer per step (for a
-batch of 8 rows of 512 keys on the 30-layer default model: ~180 MB written and read again
-each step); these read each key once from the pool instead.
+The torch path gathers every row's K and V into a padded copy per layer per step (written,
+then read again); these read each key once from the pool instead.
 
     scores = paged_scores(q, k_buf, idx, lens, scale)      # float32 [R, H, W], -inf past lens
     out = paged_weighted_sum(softmax(scores), v_buf, idx, lens)   # [R, H, D]
@@ -16,6 +15,7 @@ so its bits do not depend on the batch around it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -25,18 +25,13 @@ import torch
 
 logger = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("csrc") / "paged_attention.cpp"
-_module = None
-_failed = False
 
 
+@functools.cache
 def extension():
     """The compiled module, or None where it cannot be built (no compiler, no ninja, or
-    RADIXFLOW_CPU_KERNELS=0): callers then keep the torch path."""
-    global _module, _failed
-    if _module is not None or _failed:
-        return _module
+    RADIXFLOW_CPU_KERNELS=0): callers then keep the torch path. Built once per process."""
     if os.environ.get("RADIXFLOW_CPU_KERNELS", "1") == "0":
-        _failed = True
         return None
     try:
         import ninja  # torch runs the `ninja` program: put the package's on PATH (an unactivated venv)
@@ -46,11 +41,10 @@ def extension():
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
         load(name="radixflow_paged_attention", sources=[str(SOURCE)], is_python_module=False,
              extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"])
-        _module = torch.ops.radixflow
+        return torch.ops.radixflow
     except Exception as e:  # a missing compiler or ninja: the torch path still works
         logger.warning("CPU attention kernels unavailable (%s): using the torch gather path", e)
-        _failed = True
-    return _module
+        return None
 
 
 def paged_scores(q, k_buf, idx, lens, scale: float) -> torch.Tensor:

@@ -102,7 +102,7 @@ def cpu_has_fast_bf16() -> bool:
 SPECULATIVE_ALGORITHMS = ("none", "ngram", "suffix", "grammar", "auto")
 QUANTIZATIONS = ("none", "int8", "int4")  # runtime/layers/quant.py
 QUANTIZATION_METHODS = ("rtn", "gptq")  # how int8 weights are rounded (runtime/layers/gptq.py)
-INT4_GROUP_SIZES = (32, 64, 128)
+QUANT_GROUP_SIZES = (32, 64, 128)  # weights per scale (int8 may also keep one scale per output row)
 
 
 def _option(default: Any, help: str, choices: tuple | None = None) -> Any:
@@ -158,9 +158,11 @@ class EngineConfig:
                                       "bf16 on CPUs with its kernels) or torch (F.linear); auto: onednn where "
                                       "available", ("auto", "onednn", "torch"))
     quantization: str = _option("none", "weight-only quantization of the linear layers, CPU (runtime/layers/"
-                                        "quant.py): int8 per channel or int4 per group", QUANTIZATIONS)
-    quantization_group_size: int = _option(32, "int4: weights per scale (32 matches GGUF Q4_0/Q4_1 blocks)",
-                                           INT4_GROUP_SIZES)
+                                        "quant.py): int8 per channel or group, int4 per group", QUANTIZATIONS)
+    quantization_group_size: int | None = _option(
+        None, "weights per scale: int4 32 (the default; GGUF Q4_0/Q4_1's blocks), 64 or 128; int8 one scale per "
+              "output channel (the default) or 32 (GGUF Q8_0's blocks; closer to a 4-bit checkpoint), 64, 128",
+        (None, *QUANT_GROUP_SIZES))
     quantization_method: str = _option("rtn", "int8 rounding: rtn (to nearest) or gptq (error-compensating, over "
                                                "calibration texts; built once per checkpoint and cached, ~1.5 min "
                                                "for the default model; runtime/layers/gptq.py)", QUANTIZATION_METHODS)
@@ -192,6 +194,8 @@ class EngineConfig:
         check(self.max_queued_requests >= 1, "max_queued_requests must be >= 1")
         check(self.quantization_method == "rtn" or "int8" in (self.quantization, self.lm_head_quantization),
               "quantization_method gptq rounds int8 layers: it needs quantization or lm_head_quantization int8")
+        check(self.quantization_method == "rtn" or self.quantization_group_size is None,
+              "quantization_method gptq rounds int8 weights with one scale per output row: no quantization_group_size")
         check(self.quantization_method == "rtn" or self.tp_size == 1,
               "quantization_method gptq rounds whole weights: not with tp_size > 1")
         check(self.speculative_num_draft_tokens >= 0, "speculative_num_draft_tokens must be >= 0")

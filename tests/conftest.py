@@ -28,9 +28,9 @@ def tokenizer(tiny_model_path):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def cpu_attention_kernels_built():
-    """Compile the CPU attention kernels once, in this process, before any test starts a
-    server: the servers then load the cached build instead of compiling side by side."""
-    from runtime.kernels import cpu_attention
+def cpu_kernels_built():
+    """Compile the CPU kernels once, in this process, before any test starts a server: the
+    servers then load the cached build instead of compiling side by side."""
+    from runtime.kernels import cpu_extension
 
-    cpu_attention.extension()
+    cpu_extension.extension()

@@ -27,12 +27,15 @@ from pathlib import Path
 import torch
 
 from runtime.bench.spec_workloads import WORKLOADS
+from runtime.kernels import cpu_extension
 
 DEFAULT_OUT = "docs/bench/quant.json"
 GPTQ = {"quantization_method": "gptq"}
 CONFIGS = {  # label -> engine options
     "none": {},
     "int8": {"quantization": "int8"},
+    "int8-g32": {"quantization": "int8", "quantization_group_size": 32},
+    "int8-g32+head8": {"quantization": "int8", "quantization_group_size": 32, "lm_head_quantization": "int8"},
     "int8-gptq": {"quantization": "int8", **GPTQ},
     "int8+head8-gptq": {"quantization": "int8", "lm_head_quantization": "int8", **GPTQ},
     "int4": {"quantization": "int4"},
@@ -42,7 +45,8 @@ CONFIGS = {  # label -> engine options
 }
 # label -> (decode speed-up at batch 1, top-1 agreement): the issue's int8 and int4 floors, for
 # every config of that weight format
-FLOORS = {"int8": (1.3, 0.97), "int8-gptq": (1.3, 0.97), "int8+head8-gptq": (1.3, 0.97), "int4": (1.6, 0.90),
+FLOORS = {"int8": (1.3, 0.97), "int8-g32": (1.3, 0.97), "int8-g32+head8": (1.3, 0.97),
+          "int8-gptq": (1.3, 0.97), "int8+head8-gptq": (1.3, 0.97), "int4": (1.6, 0.90),
           "int4+head8": (1.6, 0.90)}
 KERNEL_ROWS = (1, 4, 16, 32, 128)
 
@@ -103,7 +107,7 @@ def hf_model(checkpoint: str, dtype: torch.dtype, options: dict):
         rounded = gptq_int8_weights(checkpoint, include_head=head_method == "int8")
         lookup = functools.partial(rounded_int8, rounded)
     _, head = quantize_decoder(model.model.layers, model.lm_head, options.get("quantization", "none"),
-                               options.get("quantization_group_size", 32), head_method, lookup)
+                               options.get("quantization_group_size"), head_method, lookup)
     if head is not None:
         model.lm_head = head
     for param in model.parameters():
@@ -179,12 +183,13 @@ def resident_mib(pid: int) -> float:
 
 def kernel_table(model_config, dtype: torch.dtype) -> list[dict]:
     """Microseconds per call of each way to run each linear shape of the model: the
-    engine's dense linear in the model dtype, each quantized layer (its kernel, in bf16
-    for a float32 model), and dequantize + matmul."""
+    engine's dense linear in the model dtype; each quantized layer through our kernel
+    (float32 models), through torch's kernel (in bf16 for a float32 model), and as
+    dequantize + matmul."""
     import torch.nn.functional as F
 
     from runtime.layers.linear import OneDNNLinear, onednn_packing_available
-    from runtime.layers.quant import KERNEL_DTYPES, Int4Linear, Int8Linear
+    from runtime.layers.quant import Int4Linear, Int8Linear
 
     mc = model_config
     q_rows = (mc.num_heads + 2 * mc.num_kv_heads) * mc.head_dim
@@ -211,9 +216,13 @@ def kernel_table(model_config, dtype: torch.dtype) -> list[dict]:
             row = {"layer": name, "shape": [n, k], "rows": rows,
                    "dense_us": micros(lambda: dense(x) if dense else F.linear(x, weight.to(dtype)))}
             for label, layer in layers.items():
-                layer(x[:1])  # casts the kernel's scales
-                kx = x.to(KERNEL_DTYPES.get(dtype, dtype))
-                row[f"{label}_kernel_us"] = micros(lambda layer=layer, kx=kx: layer._kernel(kx))
+                for kernel, ours in (("ours", True), ("torch", False)):
+                    if ours and (dtype != torch.float32 or not cpu_extension.has_op(layer.OUR_KERNEL)):
+                        row[f"{label}_{kernel}_us"] = None
+                        continue
+                    layer.prepare(dtype, ours=ours)
+                    layer.kernel_max_rows = 1 << 30  # the kernel at every row count, to see where it stops paying
+                    row[f"{label}_{kernel}_us"] = micros(lambda layer=layer: layer(x))
                 row[f"{label}_dequant_us"] = micros(lambda layer=layer: F.linear(x, layer.dequantize(dtype)))
             rows_out.append(row)
     return rows_out
@@ -333,14 +342,15 @@ def markdown(report: dict) -> str:
               f"mean KL "
               f"{noise['mean_kl']}, top-1 agreement {noise['top1_agreement']:.2%} over {noise['positions']} positions. "
               "Quality goes through the quantized kernels at every position, as decode does.", ""]
-    lines += ["", f"Linear layers, microseconds per call (median): dense {report['dtype']}, each kernel (bf16 "
-              "activations for a float32 model), dequantize + matmul.", "",
-              "| layer | shape | rows | dense | int8 kernel | int8 dequant | int4 kernel | int4 dequant |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["", f"Linear layers, microseconds per call (median): dense {report['dtype']}; each quantized layer "
+              "through our kernel (float32 activations), through torch's (bf16 activations for a float32 model), "
+              "and as dequantize + matmul (what the engine runs above 32 rows).", "",
+              "| layer | shape | rows | dense | int8 ours | int8 torch | int8 dequant | int4 ours | int4 torch "
+              "| int4 dequant |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["kernels"]:
+        cells = [r[f"{q}_{how}_us"] for q in ("int8", "int4") for how in ("ours", "torch", "dequant")]
         lines.append(f"| {r['layer']} | {r['shape'][0]}x{r['shape'][1]} | {r['rows']} | {r['dense_us']} | "
-                     f"{r['int8_kernel_us']} | {r['int8_dequant_us']} | {r['int4_kernel_us']} | "
-                     f"{r['int4_dequant_us']} |")
+                     + " | ".join("-" if c is None else str(c) for c in cells) + " |")
     from runtime.bench.results import floors_markdown
 
     return "\n".join(lines + floors_markdown(report["floors"]))

@@ -19,6 +19,7 @@ from runtime.engine.forward_batch import ForwardMode
 from runtime.engine.sampler import SamplingBatch, compute_logprobs, greedy_tokens, is_plain_greedy, sample
 from runtime.engine.tensor_parallel import agree
 from runtime.engine.verify import verify_drafts
+from runtime.kernels import cpu_elementwise
 from runtime.layers.linear import onednn_packing_available
 from runtime.layers.parallel import SINGLE, TensorParallel
 from runtime.layers.quant import set_kernel_max_rows
@@ -92,8 +93,7 @@ class ModelRunner:
             self.model = load_model(model_path, mc, self.dtype, self.device, self.tp)
         else:
             self.model = self._load_quantized(model_path)
-        # CUDA: element-wise ops on the Triton kernels (extra={"fused_kernels": True}: on CPU, interpreted, for tests)
-        self.model.fused_kernels = self.device == "cuda" or bool(cfg.extra.get("fused_kernels"))
+        self.model.elementwise = self._elementwise_kernels()
         if self._use_onednn():
             logger.info("%d linear layers reordered for oneDNN", self.model.pack_for_onednn())
         self.context_len = min(cfg.context_length or mc.max_position_embeddings, mc.max_position_embeddings)
@@ -126,13 +126,26 @@ class ModelRunner:
         max_bs = min(self.cfg.cuda_graph_max_bs, self.cfg.max_running_requests)
         return DecodeGraphs(self.model, self.attn, max_bs, self.context_len, self.device, eager=eager)
 
+    def _elementwise_kernels(self):
+        """The fused element-wise ops the model runs: the Triton kernels on CUDA (and on CPU,
+        interpreted, with extra={"fused_kernels": True}: tests), the C++ ones on CPU where they
+        built, else None (eager torch ops; also with extra={"fused_kernels": False})."""
+        choice = self.cfg.extra.get("fused_kernels")
+        if self.device == "cuda" or choice is True:
+            from runtime.kernels import elementwise
+
+            return elementwise
+        if self.device == "cpu" and choice is None and cpu_elementwise.available():
+            return cpu_elementwise
+        return None
+
     def _load_quantized(self, model_path: str):
         """Quantized from the checkpoint's float32 values (a GGUF's Q4_0/Q4_1 values are
         exact there, so int4 at group 32 gets back its blocks), then the rest is cast."""
         cfg = self.cfg
         if self.device != "cpu":
-            raise ValueError(f"--quantization {cfg.quantization} runs on CPU only (its kernels are torch's CPU "
-                             f"ones); this engine is on {self.device}")
+            raise ValueError(f"--quantization {cfg.quantization} runs on CPU only (its kernels are CPU ones); "
+                             f"this engine is on {self.device}")
         model = load_model(model_path, self.model_config, torch.float32, self.device, self.tp)
         rounded = None
         if cfg.quantization_method == "gptq":
@@ -144,8 +157,8 @@ class ModelRunner:
                     cfg.lm_head_quantization, cfg.quantization_method)
         for param in model.parameters():  # embeddings, norms, biases (the rotary tables stay float32)
             param.data = param.data.to(self.dtype)
-        # tests: one path for every step, so a token's bits do not depend on its step's rows (a float32
-        # model's kernel rounds activations to bf16, the dequantized path above KERNEL_MAX_ROWS does not)
+        # tests: one path for every step, so a token's bits do not depend on its step's rows (the kernels
+        # and the dequantized path above KERNEL_MAX_ROWS sum in different orders)
         if "quantized_kernel_max_rows" in cfg.extra:
             set_kernel_max_rows(model, cfg.extra["quantized_kernel_max_rows"])
         gc.collect()

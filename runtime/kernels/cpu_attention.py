@@ -1,6 +1,5 @@
-"""Decode attention on CPU read straight from the KV pool's slots (a C++ extension,
-csrc/paged_attention.cpp, compiled on first use with this machine's compiler and cached
-by torch under ~/.cache/torch_extensions), with a torch reference of the same contract.
+"""Decode attention on CPU read straight from the KV pool's slots (csrc/paged_attention.cpp,
+built by cpu_extension.py), with a torch reference of the same contract.
 
 The torch path gathers every row's K and V into a padded copy per layer per step (written,
 then read again); these read each key once from the pool instead.
@@ -15,36 +14,9 @@ so its bits do not depend on the batch around it.
 
 from __future__ import annotations
 
-import functools
-import logging
-import os
-import shutil
-from pathlib import Path
-
 import torch
 
-logger = logging.getLogger(__name__)
-SOURCE = Path(__file__).with_name("csrc") / "paged_attention.cpp"
-
-
-@functools.cache
-def extension():
-    """The compiled module, or None where it cannot be built (no compiler, no ninja, or
-    RADIXFLOW_CPU_KERNELS=0): callers then keep the torch path. Built once per process."""
-    if os.environ.get("RADIXFLOW_CPU_KERNELS", "1") == "0":
-        return None
-    try:
-        import ninja  # torch runs the `ninja` program: put the package's on PATH (an unactivated venv)
-        from torch.utils.cpp_extension import load
-
-        if not shutil.which("ninja"):
-            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
-        load(name="radixflow_paged_attention", sources=[str(SOURCE)], is_python_module=False,
-             extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"])
-        return torch.ops.radixflow
-    except Exception as e:  # a missing compiler or ninja: the torch path still works
-        logger.warning("CPU attention kernels unavailable (%s): using the torch gather path", e)
-        return None
+from runtime.kernels.cpu_extension import extension
 
 
 def paged_scores(q, k_buf, idx, lens, scale: float) -> torch.Tensor:

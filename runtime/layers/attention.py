@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from runtime.kernels import cpu_attention
+from runtime.kernels import cpu_attention, cpu_extension
 
 if TYPE_CHECKING:  # layers sit below cache/engine in the import order: types only
     from runtime.cache.kv_pool import KVPool
@@ -101,7 +101,7 @@ class TorchNativeBackend(AttentionBackend):
         super().__init__(pool, num_heads, num_kv_heads, head_dim)
         self.slot_kernels = (torch.device(pool.device).type == "cpu" and pool.k_scales is None
                              and pool.dtype in (torch.float32, torch.bfloat16)
-                             and cpu_attention.extension() is not None)
+                             and cpu_extension.extension() is not None)
 
     def init_forward_metadata(self, fb: "ForwardBatch") -> None:
         q_lens = torch.tensor(fb.extend_lens, dtype=torch.int64)  # [B]

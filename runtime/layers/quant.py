@@ -1,28 +1,31 @@
 """Weight-only quantized linear layers for CPU decoding (int8 per channel, int4 per group).
 
 Decode reads every weight once per step, so on CPU its time follows the weights' bytes.
-Two layouts, each run by a torch CPU kernel up to KERNEL_MAX_ROWS rows and by
-dequantize-then-matmul above. The kernels' time grows with the rows much faster than a
-matmul's (`radixflow bench quant` records it per shape; on this CPU, 2 threads, a
-[3072, 576] weight: int4 kernel 44 us at 1 row and 617 us at 32, dequantize + matmul
-~2.5 ms at any rows, bf16 oneDNN 58 us and 91 us). Up to 32 rows the kernel wins for
-nearly every shape, and 32 is also the most tokens a decode or verify step carries
-(speculative.STEP_TOKEN_BUDGET): those steps always take the same path, so a verified
-token gets the bits a decode step would give it.
+Each layout runs a kernel up to KERNEL_MAX_ROWS rows and dequantize-then-matmul above:
+  - float32 activations: our own kernels (csrc/quant_linear.cpp, AVX2 + FMA), in float32;
+  - other activations, or where those did not build: torch's CPU kernels, which are
+    vectorized for bf16 activations only, so a float32 model then runs them in bf16
+    (KERNEL_DTYPES), which costs accuracy (`radixflow bench quant` records both).
+Kernels' time grows with the rows much faster than a matmul's (`radixflow bench quant`
+records it per shape). Up to 32 rows the kernel wins for nearly every shape, and 32 is
+also the most tokens a decode or verify step carries (speculative.STEP_TOKEN_BUDGET):
+those steps always take the same path, so a verified token gets the bits a decode step
+would give it.
 
-  int8: w[n, k] = q[n, k] * scale[n]            q int8 in [-127, 127], symmetric per output row
-        kernel `aten._weight_int8pack_mm(x, q, scale)`
+  int8: w[n, k] = q[n, k] * scale[n]            q int8 in [-127, 127], symmetric per output row,
+        or q[n, k] * s[n, g] + z[n, g]        per group (min/max, like int4: exact for Q4_1 blocks)
   int4: w[n, k] = (q[n, k] - 8) * s[g, n] + z[g, n]   q in [0, 15], g = k // group_size
-        kernel `aten._weight_int4pack_mm_for_cpu(x, packed, group_size, stack((s, z), -1))`
         min/max per group: s = (max - min) / 15, z = min + 8 s. For a GGUF Q4_1 tensor
         (w = q d + m per block of 32, with q = 0 and q = 15 in every block by llama.cpp's
         quantizer) group 32 gives back exactly its q, d and m: the int4 model is the one
-        llama.cpp serves, up to s and z held in the activation dtype (bf16: 8 bits).
+        llama.cpp serves (in torch's kernels up to s and z held in bf16).
+        q is held as `q4` uint8 [out, in / 2]: each run of 32 k values of a row in 16 bytes,
+        byte j = q[k0 + j] | q[k0 + 16 + j] << 4 (what our kernel reads); torch's packed
+        layout is built only if its kernel runs.
 
 Quantize from float32 weights (the engine loads a checkpoint in float32 to quantize it,
 then casts the rest of the model). Weights and float32 scales are plain attributes, not
-parameters or buffers, so a later `model.to(dtype)` leaves them as they are; the scales
-the kernel reads are cast to the activation dtype when the layer first runs.
+parameters or buffers, so a later `model.to(dtype)` leaves them as they are.
 """
 
 from __future__ import annotations
@@ -33,12 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runtime.config import INT4_GROUP_SIZES, QUANTIZATIONS
+from runtime.config import QUANT_GROUP_SIZES, QUANTIZATIONS
+from runtime.kernels import cpu_extension
 
 KERNEL_MAX_ROWS = 32  # rows up to which the kernel runs (decode and verify steps); prefill dequantizes
 # torch 2.13's two CPU kernels are vectorized for bf16 activations only: one row of a [960, 576]
-# weight, 2 threads, AVX2 EPYC: int8 50 us in bf16, 432 us in float32, 488 us in float16. A float32
-# model (bf16 checkpoints on CPUs without fast bf16 matmuls) runs its kernels in bf16.
+# weight, 2 threads, AVX2 EPYC: int8 50 us in bf16, 432 us in float32, 488 us in float16. Where our
+# float32 kernels are missing, a float32 model runs torch's in bf16.
 KERNEL_DTYPES = {torch.float32: torch.bfloat16}
 INT4_INNER_K_TILES = 2
 
@@ -46,40 +50,60 @@ INT4_INNER_K_TILES = 2
 class QuantizedLinear(nn.Module):
     """y = x W^T + b with W held quantized; x: [..., in] -> [..., out]."""
 
+    OUR_KERNEL = ""  # the torch.ops.radixflow op for float32 activations
+
     def __init__(self, out_features: int, in_features: int, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.out_features, self.in_features = out_features, in_features
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
-        self._dtype: torch.dtype | None = None  # activation dtype the kernel scales are cast to
         self.kernel_max_rows = KERNEL_MAX_ROWS
+        self._dtype: torch.dtype | None = None  # the activation dtype the kernel was prepared for
+        self.kernel_dtype: torch.dtype | None = None  # what the kernel computes in (None: ours, float32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
         if flat.shape[0] <= self.kernel_max_rows:
-            dtype = KERNEL_DTYPES.get(x.dtype, x.dtype)
-            if self._dtype != dtype:
-                self._cast_scales(dtype)
-                self._dtype = dtype
-            out = self._kernel(flat.to(dtype).contiguous()).to(x.dtype)
+            if self._dtype != x.dtype:
+                self.prepare(x.dtype)
+            if self.kernel_dtype is None:
+                out = self._our_kernel(flat.contiguous())
+            else:
+                out = self._torch_kernel(flat.to(self.kernel_dtype).contiguous()).to(x.dtype)
             if self.bias is not None:
                 out = out + self.bias.to(x.dtype)
         else:
             out = F.linear(flat, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
         return out.reshape(*x.shape[:-1], self.out_features)
 
+    def prepare(self, dtype: torch.dtype, ours: bool | None = None) -> None:
+        """Choose the kernel for `dtype` activations: ours for float32 where it built (or as
+        `ours` says), else torch's in KERNEL_DTYPES' dtype, with its scales cast once."""
+        built = cpu_extension.has_op(self.OUR_KERNEL)  # (builds the extension on first use)
+        if ours is None:
+            ours = dtype == torch.float32 and self.in_features % 32 == 0 and built
+        elif ours and not built:
+            raise RuntimeError(f"torch.ops.radixflow.{self.OUR_KERNEL} is not built on this machine")
+        self._dtype = dtype
+        self.kernel_dtype = None if ours else KERNEL_DTYPES.get(dtype, dtype)
+        if not ours:
+            self._prepare_torch_kernel(self.kernel_dtype)
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The weight [out, in], computed in float32 and rounded once to `dtype` (a GGUF
         Q4_1 tensor at group 32 then gives exactly the unquantized checkpoint's weights)."""
         raise NotImplementedError
 
-    def _kernel(self, x: torch.Tensor) -> torch.Tensor:
+    def _our_kernel(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def _cast_scales(self, dtype: torch.dtype) -> None:
+    def _torch_kernel(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _prepare_torch_kernel(self, dtype: torch.dtype) -> None:
         raise NotImplementedError
 
     def weight_bytes(self) -> int:
-        """Bytes of the quantized weight and its scales (what a decode step reads)."""
+        """Bytes of the quantized weight and its scales that the chosen kernel reads (a decode step)."""
         raise NotImplementedError
 
     def storage_bytes(self) -> int:
@@ -88,37 +112,69 @@ class QuantizedLinear(nn.Module):
 
 
 class Int8Linear(QuantizedLinear):
-    def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None) -> None:
-        """q: int8 [out, in]; scale: [out]."""
+    OUR_KERNEL = "int8_linear"
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None,
+                 group_size: int = 0, zero: torch.Tensor | None = None) -> None:
+        """q: int8 [out, in]; group_size 0: scale [out] (w = q scale, one per output row);
+        else scale and zero [out, in // group_size] (w = q scale + zero)."""
         super().__init__(q.shape[0], q.shape[1], bias)
+        if group_size and (group_size not in QUANT_GROUP_SIZES or self.in_features % group_size):
+            raise ValueError(f"int8 needs a group size of 0 (per channel) or one of {QUANT_GROUP_SIZES} that "
+                             f"divides in_features {self.in_features}; got {group_size}")
+        if (zero is None) != (group_size == 0):
+            raise ValueError("int8: a zero per group, none per channel")
+        self.group_size = group_size
         self.q = q.contiguous()
         self.scale = scale.float().contiguous()
-        self._kernel_scale = self.scale
+        self.zero = None if zero is None else zero.float().contiguous()
+        self._kernel_scale = self.scale  # the scale torch's kernel reads, in its dtype
 
     @classmethod
-    def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Int8Linear:
+    def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, group_size: int = 0) -> Int8Linear:
+        """Per channel: symmetric, scale = max |w| / 127. Per group: min/max, scale =
+        (max - min) / 255, zero = min + 128 scale, so a GGUF Q4_1 block (16 levels d apart
+        from its minimum) lands exactly on the grid (q = 17 q4 - 128)."""
         w = weight.detach().float()
-        scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127
-        q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
-        return cls(q, scale, bias)
+        if not group_size:
+            scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127
+            q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+            return cls(q, scale, bias)
+        groups = w.reshape(w.shape[0], -1, group_size)  # [out, groups, weights per scale]
+        lo, hi = groups.amin(dim=-1), groups.amax(dim=-1)
+        scale = ((hi - lo) / 255).clamp_min(1e-12)
+        q = (torch.round((groups - lo[..., None]) / scale[..., None]).clamp_(0, 255) - 128).to(torch.int8)
+        return cls(q.reshape(w.shape), scale, bias, group_size, lo + 128 * scale)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return (self.q.float() * self.scale[:, None]).to(dtype)
+        g = self.group_size or self.in_features
+        w = self.q.view(self.out_features, -1, g).float() * self.scale.view(self.out_features, -1, 1)
+        if self.zero is not None:
+            w = w + self.zero[..., None]
+        return w.view(self.out_features, self.in_features).to(dtype)
 
-    def _cast_scales(self, dtype: torch.dtype) -> None:
+    def _our_kernel(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.radixflow.int8_linear(x, self.q, self.scale, self.zero, self.group_size or self.in_features)
+
+    def _prepare_torch_kernel(self, dtype: torch.dtype) -> None:
         self._kernel_scale = self.scale.to(dtype)
 
-    def _kernel(self, x: torch.Tensor) -> torch.Tensor:
+    def _torch_kernel(self, x: torch.Tensor) -> torch.Tensor:
+        if self.group_size:  # torch's kernel has one scale per row: dequantize (slow, but any dtype)
+            return F.linear(x, self.dequantize(x.dtype))
         return torch.ops.aten._weight_int8pack_mm(x, self.q, self._kernel_scale)
 
     def weight_bytes(self) -> int:
-        return self.q.numel() + self._kernel_scale.numel() * self._kernel_scale.element_size()
+        zero = 0 if self.zero is None else 4 * self.zero.numel()
+        return self.q.numel() + self._kernel_scale.numel() * self._kernel_scale.element_size() + zero
 
     def storage_bytes(self) -> int:
         return self.weight_bytes() + (4 * self.scale.numel() if self._kernel_scale is not self.scale else 0)
 
 
 class Int4Linear(QuantizedLinear):
+    OUR_KERNEL = "int4_linear"
+
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int,
                  bias: torch.Tensor | None = None) -> None:
         """q: integers in [0, 15], [out, in]; scale, zero: [in // group_size, out] (w = (q - 8) s + z)."""
@@ -126,14 +182,14 @@ class Int4Linear(QuantizedLinear):
         _check_int4_shape(out_features, in_features, group_size)
         super().__init__(out_features, in_features, bias)
         self.group_size = group_size
-        q = q.to(torch.int32)
-        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, INT4_INNER_K_TILES)
-        self.nibbles = None  # our own copy of q, only where the kernel's layout is not the one we read
-        if not torch.equal(self.unpacked().to(torch.int32), q):
-            self.nibbles = (q[:, 0::2] | (q[:, 1::2] << 4)).to(torch.uint8)  # [out, in / 2]
+        runs = q.to(torch.uint8).contiguous().view(out_features, in_features // 32, 2, 16)
+        self.q4 = (runs[:, :, 0] | (runs[:, :, 1] << 4)).reshape(out_features, in_features // 2)
         self.scale = scale.float().contiguous()
         self.zero = zero.float().contiguous()
-        self._scale_zero = torch.stack((self.scale, self.zero), dim=-1)
+        self._rows_scale = self.scale.T.contiguous()  # [out, groups]: what our kernel reads
+        self._rows_shift = (self.zero - 8 * self.scale).T.contiguous()  # w = q s + shift
+        self.packed: torch.Tensor | None = None  # torch's kernel layout, built if that kernel runs
+        self._scale_zero: torch.Tensor | None = None
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, group_size: int = 32) -> Int4Linear:
@@ -147,48 +203,47 @@ class Int4Linear(QuantizedLinear):
         return cls(q, scale.T, (lo + 8 * scale).T, group_size, bias)
 
     def unpacked(self) -> torch.Tensor:
-        """q as uint8 [out, in], written through strided views (~5x faster than a stack).
-        The kernel's packed weight (torch 2.13, N a multiple of 64), viewed as bytes
-        [out / 64, in, 32]: byte j of a block holds row j (low nibble) and row j + 32 (high)."""
+        """q as uint8 [out, in]."""
         n, k = self.out_features, self.in_features
-        if self.nibbles is not None:
-            q = torch.empty(n, k // 2, 2, dtype=torch.uint8)
-            torch.bitwise_and(self.nibbles, 15, out=q[..., 0])
-            torch.bitwise_right_shift(self.nibbles, 4, out=q[..., 1])
-            return q.view(n, k)
-        if n % 64 or self.packed.numel() != n * k // 2:
-            return torch.full((n, k), 255, dtype=torch.uint8)  # not a layout we read: the caller keeps nibbles
-        blocks = self.packed.view(torch.uint8).view(n // 64, k, 32).transpose(1, 2)  # [out / 64, 32, in]
-        q = torch.empty(n // 64, 2, 32, k, dtype=torch.uint8)
-        torch.bitwise_and(blocks, 15, out=q[:, 0])
-        torch.bitwise_right_shift(blocks, 4, out=q[:, 1])
+        runs = self.q4.view(n, k // 32, 1, 16)
+        q = torch.empty(n, k // 32, 2, 16, dtype=torch.uint8)
+        torch.bitwise_and(runs, 15, out=q[:, :, :1])
+        torch.bitwise_right_shift(runs, 4, out=q[:, :, 1:])
         return q.view(n, k)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         g = self.group_size
         q = self.unpacked().view(self.out_features, self.in_features // g, g).float()
-        s = self.scale.T[..., None]  # [out, groups, 1]
-        w = q * s + (self.zero.T[..., None] - 8 * s)  # w = q s + (z - 8 s)
+        w = q * self._rows_scale[..., None] + self._rows_shift[..., None]  # [out, groups, g]
         return w.view(self.out_features, self.in_features).to(dtype)
 
-    def _cast_scales(self, dtype: torch.dtype) -> None:
+    def _our_kernel(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.radixflow.int4_linear(x, self.q4, self._rows_scale, self._rows_shift, self.group_size)
+
+    def _prepare_torch_kernel(self, dtype: torch.dtype) -> None:
+        if self.packed is None:
+            self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(self.unpacked().to(torch.int32),
+                                                                              INT4_INNER_K_TILES)
         self._scale_zero = torch.stack((self.scale, self.zero), dim=-1).to(dtype)
 
-    def _kernel(self, x: torch.Tensor) -> torch.Tensor:
+    def _torch_kernel(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, self.group_size, self._scale_zero)
 
     def weight_bytes(self) -> int:
+        if self.kernel_dtype is None:
+            return self.q4.numel() + 8 * self._rows_scale.numel()
         return self.packed.numel() + self._scale_zero.numel() * self._scale_zero.element_size()
 
     def storage_bytes(self) -> int:
-        """Everything held: what the kernel reads, our own nibbles where needed, float32 scales."""
-        nibbles = 0 if self.nibbles is None else self.nibbles.numel()
-        return self.weight_bytes() + nibbles + 8 * self.scale.numel()
+        """Everything held: our q4 and float32 scales, and torch's packed copy if built."""
+        torch_kernel = 0 if self.packed is None else (
+            self.packed.numel() + self._scale_zero.numel() * self._scale_zero.element_size())
+        return self.q4.numel() + 16 * self.scale.numel() + torch_kernel
 
 
 def _check_int4_shape(out_features: int, in_features: int, group_size: int) -> None:
-    if group_size not in INT4_GROUP_SIZES or in_features % group_size or out_features % 16:
-        raise ValueError(f"int4 needs a group size in {INT4_GROUP_SIZES} that divides in_features and "
+    if group_size not in QUANT_GROUP_SIZES or in_features % group_size or out_features % 16:
+        raise ValueError(f"int4 needs a group size in {QUANT_GROUP_SIZES} that divides in_features and "
                          f"out_features divisible by 16 (the kernel's tiles); got [{out_features}, {in_features}], "
                          f"group {group_size}")
 
@@ -197,18 +252,20 @@ def _check_int4_shape(out_features: int, in_features: int, group_size: int) -> N
 Int8Weights = Callable[[str], "tuple[torch.Tensor, torch.Tensor] | None"]
 
 
-def quantize_linear(linear: nn.Module, method: str, group_size: int,
+def quantize_linear(linear: nn.Module, method: str, group_size: int | None,
                     int8_weights: tuple[torch.Tensor, torch.Tensor] | None = None) -> QuantizedLinear:
+    """`linear` quantized by `method`; group_size None: the method's default (int8 one scale
+    per output row, int4 32)."""
     weight, bias = linear.weight, getattr(linear, "bias", None)  # an nn.Embedding for a tied head
     if method == "int8":
-        if int8_weights is not None:
+        if int8_weights is not None:  # GPTQ's: one scale per row
             q, scale = int8_weights
             if q.shape != weight.shape:
                 raise ValueError(f"rounded int8 weight {tuple(q.shape)} for a {tuple(weight.shape)} layer")
             return Int8Linear(q, scale, bias)
-        return Int8Linear.from_float(weight, bias)
+        return Int8Linear.from_float(weight, bias, group_size or 0)
     if method == "int4":
-        return Int4Linear.from_float(weight, bias, group_size)
+        return Int4Linear.from_float(weight, bias, group_size or 32)
     raise ValueError(f"unknown quantization {method!r}; one of {QUANTIZATIONS}")
 
 
@@ -227,7 +284,7 @@ def set_kernel_max_rows(model: nn.Module, rows: int) -> None:
             layer.kernel_max_rows = rows
 
 
-def quantize_decoder(layers: nn.Module, head: nn.Module, method: str, group_size: int,
+def quantize_decoder(layers: nn.Module, head: nn.Module, method: str, group_size: int | None,
                      head_method: str = "none",
                      int8_weights: Int8Weights | None = None) -> tuple[int, QuantizedLinear | None]:
     """Quantize every linear layer under `layers` in place (`method`), and build the output

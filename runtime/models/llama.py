@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from runtime.config import ModelConfig
-from runtime.kernels.elementwise import add_rmsnorm, rotary_
 from runtime.layers.activation import silu_and_mul
 from runtime.layers.attention import AttentionBackend
 from runtime.layers.linear import MergedLinear, OneDNNLinear, pack_linears_onednn
@@ -80,16 +79,18 @@ class LlamaDecoderLayer(nn.Module):
         hidden = hidden + self.self_attn(rope, self.input_layernorm(hidden), fb, attn)
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
-    def forward_fused(self, rope, hidden, residual, fb, attn):
-        """The same layer on the fused kernels: `hidden` is the previous layer's MLP output
-        and `residual` the stream before it (None at the first layer, where hidden is the
-        embedding); each residual add happens inside the next norm. -> (mlp output, residual)."""
+    def forward_fused(self, ops, rope, hidden, residual, fb, attn):
+        """The same layer on fused element-wise kernels (`ops`: their module): `hidden` is the
+        previous layer's MLP output and `residual` the stream before it (None at the first
+        layer, where hidden is the embedding); each residual add happens inside the next norm.
+        -> (mlp output, residual)."""
         norm1, norm2 = self.input_layernorm, self.post_attention_layernorm
         if residual is None:
-            normed, residual = add_rmsnorm(hidden, norm1.weight, norm1.eps), hidden
+            normed, residual = ops.add_rmsnorm(hidden, norm1.weight, norm1.eps), hidden
         else:
-            normed, residual = add_rmsnorm(hidden, norm1.weight, norm1.eps, residual)
-        normed, residual = add_rmsnorm(self.self_attn(rope, normed, fb, attn), norm2.weight, norm2.eps, residual)
+            normed, residual = ops.add_rmsnorm(hidden, norm1.weight, norm1.eps, residual)
+        attended = self.self_attn(rope, normed, fb, attn)
+        normed, residual = ops.add_rmsnorm(attended, norm2.weight, norm2.eps, residual)
         return self.mlp(normed), residual
 
 
@@ -122,9 +123,10 @@ class LlamaForCausalLM(nn.Module):
         head_rows = tp.vocab_rows(cfg.vocab_size)[1]
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, head_rows, bias=False)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
-        # Triton kernels for the element-wise ops (add+RMSNorm, rotary in place): on CUDA,
-        # where each eager op is a kernel launch (set by the model runner)
-        self.fused_kernels = False
+        # the element-wise ops (add+RMSNorm, rotary in place) fused: a module with add_rmsnorm and
+        # rotary_ (runtime/kernels/elementwise.py: Triton, on CUDA; cpu_elementwise.py: C++, on
+        # CPU), or None for the eager torch ops (set by the model runner)
+        self.elementwise = None
 
     @staticmethod
     def qkv_bias(cfg: ModelConfig) -> bool:
@@ -133,7 +135,7 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, fb, attn: AttentionBackend):
         """input_ids, positions: [T] -> final hidden states [T, hidden] (before lm_head)."""
         hidden = self.model.embed_tokens(input_ids)
-        if self.fused_kernels:
+        if self.elementwise is not None:
             return self._forward_fused(hidden, positions, fb, attn)
         cos, sin = self.rotary.cos_sin(positions)
         rope = functools.partial(apply_rotary, cos=cos, sin=sin)
@@ -142,12 +144,13 @@ class LlamaForCausalLM(nn.Module):
         return self.model.norm(hidden)
 
     def _forward_fused(self, hidden, positions, fb, attn):
-        rope = functools.partial(rotary_, cos_table=self.rotary.cos, sin_table=self.rotary.sin, positions=positions)
+        ops = self.elementwise
+        rope = functools.partial(ops.rotary_, cos_table=self.rotary.cos, sin_table=self.rotary.sin, positions=positions)
         residual = None
         for layer in self.model.layers:
-            hidden, residual = layer.forward_fused(rope, hidden, residual, fb, attn)
+            hidden, residual = layer.forward_fused(ops, rope, hidden, residual, fb, attn)
         norm = self.model.norm
-        return add_rmsnorm(hidden, norm.weight, norm.eps, residual)[0]
+        return ops.add_rmsnorm(hidden, norm.weight, norm.eps, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor, float32: bool = True) -> torch.Tensor:
         """hidden: [N, hidden] -> logits [N, vocab_size], float32 unless float32=False

@@ -31,7 +31,8 @@ def test_greedy_matches_transformers_with_graphs_and_kernels(arch, page_size):
     refs = [hf_greedy(path, p, NEW_TOKENS) for p in prompts]  # transformers on CPU, float32
     core = make_core(path, dtype="float32", page_size=page_size)  # auto on CUDA: triton, graphs, fused kernels
     runner = core.runner
-    assert type(runner.attn) is TritonBackend and runner.model.fused_kernels and runner.decode_graphs.graphs
+    assert type(runner.attn) is TritonBackend and runner.decode_graphs.graphs
+    assert runner.model.elementwise.__name__ == "runtime.kernels.elementwise"
     replays = count_replays(runner.decode_graphs)
     got = run_core(core, prompts, {"max_new_tokens": NEW_TOKENS, "temperature": 0.0}, stagger_steps=2,
                    return_logprob=True)

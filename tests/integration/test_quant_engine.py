@@ -12,11 +12,13 @@ from runtime.layers.quant import Int4Linear, Int8Linear, QuantizedLinear
 from tests.helpers import make_core, random_prompts, run_core
 
 GREEDY = {"max_new_tokens": 24, "temperature": 0.0, "ignore_eos": True}
-# the quantized layers run their kernel at every row count: a float32 model's kernel takes bf16 activations,
-# the dequantized path (above KERNEL_MAX_ROWS) float32 ones, so a short prompt's prefill bits would depend on
-# what it is batched with; with one path they may not
+# the quantized layers run their kernel at every row count: the kernel and the dequantized path (above
+# KERNEL_MAX_ROWS) sum in different orders, so a short prompt's prefill bits would depend on what it is
+# batched with; with one path they may not
 ONE_PATH = {"extra": {"quantized_kernel_max_rows": 1 << 30}}
-METHODS = {"int8": {"quantization": "int8", **ONE_PATH}, "int4": {"quantization": "int4", **ONE_PATH},
+METHODS = {"int8": {"quantization": "int8", **ONE_PATH},
+           "int8-g32": {"quantization": "int8", "quantization_group_size": 32, **ONE_PATH},
+           "int4": {"quantization": "int4", **ONE_PATH},
            "int4-g128-head8": {"quantization": "int4", "quantization_group_size": 128, "lm_head_quantization": "int8",
                                **ONE_PATH},
            "int8-gptq-head8": {"quantization": "int8", "lm_head_quantization": "int8", "quantization_method": "gptq",
@@ -75,6 +77,8 @@ def test_bad_quantization_options_are_refused(path):
         make_core(path, quantization="int4", quantization_group_size=48)
     with pytest.raises(ValueError, match="quantization must be one of"):
         make_core(path, quantization="fp3")
+    with pytest.raises(ValueError, match="gptq rounds int8 weights with one scale per output row"):
+        make_core(path, quantization="int8", quantization_method="gptq", quantization_group_size=32)
 
 
 def test_gptq_layers_hold_the_checkpoint_modules_rounded_integers(path):

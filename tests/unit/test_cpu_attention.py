@@ -6,13 +6,13 @@ import torch
 
 from runtime.cache.kv_pool import KVPool
 from runtime.engine.forward_batch import ForwardBatch, ForwardMode
-from runtime.kernels import cpu_attention
+from runtime.kernels import cpu_attention, cpu_extension
 from runtime.layers.attention import TorchNativeBackend
 
 
 def test_the_extension_builds_here():
     # CI has gcc and ninja (a dependency): a silent fallback to the gather path would hide a regression
-    assert cpu_attention.extension() is not None
+    assert cpu_extension.extension() is not None
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -5,13 +5,17 @@ import numpy as np
 import pytest
 import torch
 
+from runtime.kernels import cpu_extension
 from runtime.layers import quant
 from runtime.layers.quant import Int4Linear, Int8Linear
 
-# bf16 activations and outputs: the kernels' error vs the float64 product of the same
-# quantized weight, relative to the output's largest entry (fp32 inputs: far tighter, but
-# up to KERNEL_MAX_ROWS rows they go through the kernel in bf16: quant.KERNEL_DTYPES)
+# the kernels' error vs the float64 product of the same quantized weight, relative to the
+# output's largest entry, by the dtype they compute in (torch's kernels run float32 models in
+# bf16, quant.KERNEL_DTYPES; ours compute in float32)
 TOLERANCE = {torch.bfloat16: 2e-2, torch.float32: 1e-5}
+MAKERS = [lambda w, b: Int8Linear.from_float(w, b), lambda w, b: Int8Linear.from_float(w, b, 32),
+          *[lambda w, b, g=g: Int4Linear.from_float(w, b, g) for g in (32, 64, 128)]]
+MAKER_IDS = ["int8", "int8-g32", "int4-g32", "int4-g64", "int4-g128"]
 
 
 def _weight(out_features=96, in_features=256, seed=0):
@@ -19,48 +23,100 @@ def _weight(out_features=96, in_features=256, seed=0):
     return torch.randn(out_features, in_features, generator=g) * 0.05
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("make", [lambda w, b: Int8Linear.from_float(w, b),
-                                  *[lambda w, b, g=g: Int4Linear.from_float(w, b, g) for g in (32, 64, 128)]],
-                         ids=["int8", "int4-g32", "int4-g64", "int4-g128"])
+def test_our_float32_kernels_are_built():
+    assert cpu_extension.has_op("int8_linear") and cpu_extension.has_op("int4_linear")
+
+
+@pytest.mark.parametrize("dtype,ours", [(torch.bfloat16, False), (torch.float32, False), (torch.float32, True)],
+                         ids=["bf16", "fp32-torch-kernel", "fp32-our-kernel"])
+@pytest.mark.parametrize("make", MAKERS, ids=MAKER_IDS)
 @pytest.mark.parametrize("rows", [1, 5, quant.KERNEL_MAX_ROWS, quant.KERNEL_MAX_ROWS + 1, 100])  # kernel / dequantize
-def test_quantized_linear_matches_float64(make, dtype, rows):
+def test_quantized_linear_matches_float64(make, dtype, ours, rows):
     w, bias = _weight(), torch.randn(96) * 0.1
     layer = make(w, bias)
+    layer.prepare(dtype, ours=ours)
+    assert (layer.kernel_dtype is None) == ours
     x = torch.randn(rows, 256)
     got = layer(x.to(dtype)).double()
     want = x.to(dtype).double() @ layer.dequantize(torch.float64).T + bias.to(dtype).double()
     assert got.shape == (rows, 96)
-    kernel_dtype = quant.KERNEL_DTYPES.get(dtype, dtype) if rows <= quant.KERNEL_MAX_ROWS else dtype
+    kernel_dtype = (layer.kernel_dtype or torch.float32) if rows <= quant.KERNEL_MAX_ROWS else dtype
     assert (got - want).abs().max() <= TOLERANCE[kernel_dtype] * want.abs().max()
     assert layer(x.to(dtype)).dtype == dtype
 
 
+def test_float32_layers_choose_our_kernel():
+    layer = Int8Linear.from_float(_weight())
+    layer(torch.randn(1, 256))
+    assert layer.kernel_dtype is None
+    layer(torch.randn(1, 256, dtype=torch.bfloat16))  # torch's kernel for bf16
+    assert layer.kernel_dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("make,out_features", [*zip(MAKERS, [96] * len(MAKERS)), (MAKERS[0], 50)],
+                         ids=[*MAKER_IDS, "int8-tail"])  # whole tiles of 4 outputs; int8 also with a tail
+def test_our_kernels_give_each_row_the_same_bits_at_any_batch(make, out_features):
+    """A row's output does not depend on the rows beside it (what makes a verified token's
+    logits equal a decode step's), at every row count a decode or verify step can have."""
+    layer = make(_weight(out_features), None)
+    layer.prepare(torch.float32, ours=True)
+    x = torch.randn(quant.KERNEL_MAX_ROWS, 256)
+    alone = torch.cat([layer(x[i:i + 1]) for i in range(len(x))])
+    want = x.double() @ layer.dequantize(torch.float64).T
+    assert (alone.double() - want).abs().max() <= TOLERANCE[torch.float32] * want.abs().max()
+    for rows in (2, 3, 4, 7, 13, quant.KERNEL_MAX_ROWS):
+        assert torch.equal(layer(x[:rows]), alone[:rows])
+
+
+def test_our_kernels_refuse_bad_shapes():
+    layer = Int8Linear.from_float(_weight())
+    with pytest.raises(RuntimeError, match="float32"):
+        torch.ops.radixflow.int8_linear(torch.randn(1, 256, dtype=torch.float64), layer.q, layer.scale, None, 256)
+    with pytest.raises(RuntimeError, match="in features"):
+        torch.ops.radixflow.int8_linear(torch.randn(1, 128), layer.q, layer.scale, None, 256)
+    with pytest.raises(RuntimeError, match="shift per group"):
+        torch.ops.radixflow.int8_linear(torch.randn(1, 256), layer.q, layer.scale, None, 32)
+    layer4 = Int4Linear.from_float(_weight(), None, 64)
+    with pytest.raises(RuntimeError, match="group size"):
+        torch.ops.radixflow.int4_linear(torch.randn(1, 256), layer4.q4, layer4._rows_scale, layer4._rows_shift, 48)
+
+
 def test_quantization_error_is_half_a_step():
-    """Per channel (int8) or group (int4): no weight is further than half a step from its
-    float value (the step is 1/127 of the row's largest |w|, or 1/15 of the group's range)."""
+    """Per channel or group (int8) or group (int4): no weight is further than half a step
+    from its float value (the step is 1/127 of the row's largest |w|, or 1/255 (int8) or
+    1/15 (int4) of the group's range)."""
     w = _weight()
     step8 = w.abs().amax(dim=1, keepdim=True) / 127
     groups = w.reshape(96, -1, 32)
+    step8_g32 = ((groups.amax(-1) - groups.amin(-1)) / 255).repeat_interleave(32, dim=1)
     step4 = ((groups.amax(-1) - groups.amin(-1)) / 15).repeat_interleave(32, dim=1)
-    for layer, step in ((Int8Linear.from_float(w), step8), (Int4Linear.from_float(w), step4)):
+    for layer, step in ((Int8Linear.from_float(w), step8), (Int8Linear.from_float(w, None, 32), step8_g32),
+                        (Int4Linear.from_float(w), step4)):
         err = (layer.dequantize() - w).abs()
         assert (err <= 0.5 * step * (1 + 1e-5)).all() and err.max() > 0.4 * step.min()
 
 
-@pytest.mark.parametrize("rows", [48, 192])  # our own nibbles / read from the kernel's layout (rows % 64 == 0)
+@pytest.mark.parametrize("rows", [48, 192])
 def test_int4_packing_round_trips(rows):
     q = torch.randint(0, 16, (rows, 128), dtype=torch.int32)
     layer = Int4Linear(q, torch.rand(4, rows) + 0.1, torch.randn(4, rows), 32)
-    if rows % 64:  # not whole 64-row blocks: the kernel's layout is never read back, our own copy is kept
-        assert layer.nibbles is not None
-    # whole blocks: the kernel's copy is read back where it has the layout we know (torch 2.13 on AVX512);
-    # other CPUs (AVX2) pack differently, and then our own copy is kept: either way the values come back
     assert torch.equal(layer.unpacked().int(), q)
-    # the kernel's own packed copy holds the same values: rows of the identity read W^T back
+    # torch's kernel's packed copy holds the same values: rows of the identity read W^T back
+    layer._prepare_torch_kernel(torch.float32)
     eye = torch.eye(128)
-    torch.testing.assert_close(layer._kernel(eye[:quant.KERNEL_MAX_ROWS]),
+    torch.testing.assert_close(layer._torch_kernel(eye[:quant.KERNEL_MAX_ROWS]),
                                layer.dequantize()[:, :quant.KERNEL_MAX_ROWS].T, rtol=1e-6, atol=1e-6)
+
+
+def test_gguf_q4_1_blocks_are_exact_in_int8_groups_too():
+    """int8 per group of 32 (min/max) holds a Q4_1 block's 16 levels exactly: q = 17 q4 - 128,
+    up to the float32 rounding of the scale (a few ulps)."""
+    w = _weight(64, 512).numpy()
+    values = torch.from_numpy(np.array(gguf.quants.dequantize(gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q4_1),
+                                                              gguf.GGMLQuantizationType.Q4_1)))
+    layer = Int8Linear.from_float(values, None, 32)
+    assert torch.equal((layer.q.int() + 128) % 17, torch.zeros_like(layer.q, dtype=torch.int32))
+    torch.testing.assert_close(layer.dequantize(), values, rtol=0, atol=1e-6 * float(values.abs().max()))
 
 
 def test_gguf_q4_1_blocks_come_back_exactly():

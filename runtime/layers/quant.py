@@ -1,4 +1,4 @@
-"""Weight-only quantized linear layers for CPU decoding (int8 per channel, int4 per group).
+"""Weight-only quantized linear layers for CPU decoding (int8 per channel or group, int4 per group).
 
 Decode reads every weight once per step, so on CPU its time follows the weights' bytes.
 Each layout runs a kernel up to KERNEL_MAX_ROWS rows and dequantize-then-matmul above:

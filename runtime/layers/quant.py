@@ -184,10 +184,9 @@ class Int4Linear(QuantizedLinear):
         self.group_size = group_size
         runs = q.to(torch.uint8).contiguous().view(out_features, in_features // 32, 2, 16)
         self.q4 = (runs[:, :, 0] | (runs[:, :, 1] << 4)).reshape(out_features, in_features // 2)
-        self.scale = scale.float().contiguous()
-        self.zero = zero.float().contiguous()
-        self._rows_scale = self.scale.T.contiguous()  # [out, groups]: what our kernel reads
-        self._rows_shift = (self.zero - 8 * self.scale).T.contiguous()  # w = q s + shift
+        # [out, groups], what our kernel reads: w = q scale + shift (shift = z - 8 s)
+        self.scale = scale.float().T.contiguous()
+        self.shift = (zero.float() - 8 * scale.float()).T.contiguous()
         self.packed: torch.Tensor | None = None  # torch's kernel layout, built if that kernel runs
         self._scale_zero: torch.Tensor | None = None
 
@@ -214,31 +213,32 @@ class Int4Linear(QuantizedLinear):
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         g = self.group_size
         q = self.unpacked().view(self.out_features, self.in_features // g, g).float()
-        w = q * self._rows_scale[..., None] + self._rows_shift[..., None]  # [out, groups, g]
+        w = q * self.scale[..., None] + self.shift[..., None]  # [out, groups, g]
         return w.view(self.out_features, self.in_features).to(dtype)
 
     def _our_kernel(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.radixflow.int4_linear(x, self.q4, self._rows_scale, self._rows_shift, self.group_size)
+        return torch.ops.radixflow.int4_linear(x, self.q4, self.scale, self.shift, self.group_size)
 
     def _prepare_torch_kernel(self, dtype: torch.dtype) -> None:
         if self.packed is None:
             self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(self.unpacked().to(torch.int32),
                                                                               INT4_INNER_K_TILES)
-        self._scale_zero = torch.stack((self.scale, self.zero), dim=-1).to(dtype)
+        zero = self.shift + 8 * self.scale  # torch's kernel: w = (q - 8) s + z, s and z [groups, out]
+        self._scale_zero = torch.stack((self.scale.T, zero.T), dim=-1).to(dtype)
 
     def _torch_kernel(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, self.group_size, self._scale_zero)
 
     def weight_bytes(self) -> int:
         if self.kernel_dtype is None:
-            return self.q4.numel() + 8 * self._rows_scale.numel()
+            return self.q4.numel() + 8 * self.scale.numel()
         return self.packed.numel() + self._scale_zero.numel() * self._scale_zero.element_size()
 
     def storage_bytes(self) -> int:
-        """Everything held: our q4 and float32 scales, and torch's packed copy if built."""
+        """Everything held: our q4, scale and shift, and torch's packed copy if built."""
         torch_kernel = 0 if self.packed is None else (
             self.packed.numel() + self._scale_zero.numel() * self._scale_zero.element_size())
-        return self.q4.numel() + 16 * self.scale.numel() + torch_kernel
+        return self.q4.numel() + 8 * self.scale.numel() + torch_kernel
 
 
 def _check_int4_shape(out_features: int, in_features: int, group_size: int) -> None:

@@ -78,7 +78,7 @@ def test_our_kernels_refuse_bad_shapes():
         torch.ops.radixflow.int8_linear(torch.randn(1, 256), layer.q, layer.scale, None, 32)
     layer4 = Int4Linear.from_float(_weight(), None, 64)
     with pytest.raises(RuntimeError, match="group size"):
-        torch.ops.radixflow.int4_linear(torch.randn(1, 256), layer4.q4, layer4._rows_scale, layer4._rows_shift, 48)
+        torch.ops.radixflow.int4_linear(torch.randn(1, 256), layer4.q4, layer4.scale, layer4.shift, 48)
 
 
 def test_quantization_error_is_half_a_step():
@@ -129,7 +129,7 @@ def test_gguf_q4_1_blocks_come_back_exactly():
     assert torch.equal(layer.dequantize(torch.float32), values)
     # and the block scales are llama.cpp's own: d (fp16) per 32 weights
     d = torch.from_numpy(blocks.reshape(64, 16, 20)[..., :2].copy().view(np.float16).astype(np.float32))[..., 0]
-    assert torch.equal(layer.scale.T, d)
+    assert torch.equal(layer.scale, d)
 
 
 def test_quantize_decoder_replaces_every_linear_and_needs_divisible_groups():

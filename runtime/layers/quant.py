@@ -3,7 +3,8 @@
 Decode reads every weight once per step, so on CPU its time follows the weights' bytes.
 Each layout runs a kernel up to KERNEL_MAX_ROWS rows and dequantize-then-matmul above:
   - float32 activations: our own kernels (csrc/quant_linear.cpp, AVX2 + FMA), in float32;
-  - other activations, or where those did not build: torch's CPU kernels, which are
+    also bf16 ones (cast to float32) for int8 per group, which torch has no kernel for;
+  - other activations, or where ours did not build: torch's CPU kernels, which are
     vectorized for bf16 activations only, so a float32 model then runs them in bf16
     (KERNEL_DTYPES), which costs accuracy (`radixflow bench quant` records both).
 Kernels' time grows with the rows much faster than a matmul's (`radixflow bench quant`
@@ -51,6 +52,7 @@ class QuantizedLinear(nn.Module):
     """y = x W^T + b with W held quantized; x: [..., in] -> [..., out]."""
 
     OUR_KERNEL = ""  # the torch.ops.radixflow op for float32 activations
+    TORCH_HAS_KERNEL = True  # whether torch has a CPU kernel for this layout (else it dequantizes)
 
     def __init__(self, out_features: int, in_features: int, bias: torch.Tensor | None) -> None:
         super().__init__()
@@ -65,8 +67,8 @@ class QuantizedLinear(nn.Module):
         if flat.shape[0] <= self.kernel_max_rows:
             if self._dtype != x.dtype:
                 self.prepare(x.dtype)
-            if self.kernel_dtype is None:
-                out = self._our_kernel(flat.contiguous())
+            if self.kernel_dtype is None:  # ours computes in float32
+                out = self._our_kernel(flat.float().contiguous()).to(x.dtype)
             else:
                 out = self._torch_kernel(flat.to(self.kernel_dtype).contiguous()).to(x.dtype)
             if self.bias is not None:
@@ -76,11 +78,13 @@ class QuantizedLinear(nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def prepare(self, dtype: torch.dtype, ours: bool | None = None) -> None:
-        """Choose the kernel for `dtype` activations: ours for float32 where it built (or as
-        `ours` says), else torch's in KERNEL_DTYPES' dtype, with its scales cast once."""
+        """Choose the kernel for `dtype` activations (or as `ours` says): ours where it built,
+        for float32, and for any dtype where torch has no kernel for this layout (it then
+        runs on the activations cast to float32); else torch's in KERNEL_DTYPES' dtype, with
+        its scales cast once."""
         built = cpu_extension.has_op(self.OUR_KERNEL)  # (builds the extension on first use)
         if ours is None:
-            ours = dtype == torch.float32 and self.in_features % 32 == 0 and built
+            ours = built and self.in_features % 32 == 0 and (dtype == torch.float32 or not self.TORCH_HAS_KERNEL)
         elif ours and not built:
             raise RuntimeError(f"torch.ops.radixflow.{self.OUR_KERNEL} is not built on this machine")
         self._dtype = dtype
@@ -125,7 +129,8 @@ class Int8Linear(QuantizedLinear):
         if (zero is None) != (group_size == 0):
             raise ValueError("int8: a zero per group, none per channel")
         self.group_size = group_size
-        self.q = q.contiguous()
+        self.TORCH_HAS_KERNEL = not group_size  # torch's int8 kernel has one scale per row
+        self.q = _aligned(q.contiguous())
         self.scale = scale.float().contiguous()
         self.zero = None if zero is None else zero.float().contiguous()
         self._kernel_scale = self.scale  # the scale torch's kernel reads, in its dtype
@@ -160,7 +165,7 @@ class Int8Linear(QuantizedLinear):
         self._kernel_scale = self.scale.to(dtype)
 
     def _torch_kernel(self, x: torch.Tensor) -> torch.Tensor:
-        if self.group_size:  # torch's kernel has one scale per row: dequantize (slow, but any dtype)
+        if self.group_size:  # no torch kernel: dequantize (slow, but any dtype)
             return F.linear(x, self.dequantize(x.dtype))
         return torch.ops.aten._weight_int8pack_mm(x, self.q, self._kernel_scale)
 
@@ -239,6 +244,12 @@ class Int4Linear(QuantizedLinear):
         torch_kernel = 0 if self.packed is None else (
             self.packed.numel() + self._scale_zero.numel() * self._scale_zero.element_size())
         return self.q4.numel() + 8 * self.scale.numel() + torch_kernel
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """`t`, copied where its data is not 64-byte aligned (a tensor read from a safetensors
+    file can start at any byte): torch 2.13's int8 kernel crashes on such weights (AVX512)."""
+    return t if t.data_ptr() % 64 == 0 else t.clone()
 
 
 def _check_int4_shape(out_features: int, in_features: int, group_size: int) -> None:

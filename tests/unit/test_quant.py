@@ -27,8 +27,9 @@ def test_our_float32_kernels_are_built():
     assert cpu_extension.has_op("int8_linear") and cpu_extension.has_op("int4_linear")
 
 
-@pytest.mark.parametrize("dtype,ours", [(torch.bfloat16, False), (torch.float32, False), (torch.float32, True)],
-                         ids=["bf16", "fp32-torch-kernel", "fp32-our-kernel"])
+@pytest.mark.parametrize("dtype,ours", [(torch.bfloat16, False), (torch.bfloat16, True), (torch.float32, False),
+                                        (torch.float32, True)],
+                         ids=["bf16", "bf16-our-kernel", "fp32-torch-kernel", "fp32-our-kernel"])
 @pytest.mark.parametrize("make", MAKERS, ids=MAKER_IDS)
 @pytest.mark.parametrize("rows", [1, 5, quant.KERNEL_MAX_ROWS, quant.KERNEL_MAX_ROWS + 1, 100])  # kernel / dequantize
 def test_quantized_linear_matches_float64(make, dtype, ours, rows):
@@ -41,7 +42,8 @@ def test_quantized_linear_matches_float64(make, dtype, ours, rows):
     want = x.to(dtype).double() @ layer.dequantize(torch.float64).T + bias.to(dtype).double()
     assert got.shape == (rows, 96)
     kernel_dtype = (layer.kernel_dtype or torch.float32) if rows <= quant.KERNEL_MAX_ROWS else dtype
-    assert (got - want).abs().max() <= TOLERANCE[kernel_dtype] * want.abs().max()
+    assert (got - want).abs().max() <= TOLERANCE[torch.bfloat16 if dtype == torch.bfloat16 else kernel_dtype] * \
+        want.abs().max()
     assert layer(x.to(dtype)).dtype == dtype
 
 
@@ -51,6 +53,23 @@ def test_float32_layers_choose_our_kernel():
     assert layer.kernel_dtype is None
     layer(torch.randn(1, 256, dtype=torch.bfloat16))  # torch's kernel for bf16
     assert layer.kernel_dtype == torch.bfloat16
+    grouped = Int8Linear.from_float(_weight(), None, 32)  # torch has no kernel: ours, in float32
+    assert grouped(torch.randn(1, 256, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    assert grouped.kernel_dtype is None
+
+
+@pytest.mark.parametrize("offset", [0, 1, 16])
+def test_int8_weights_at_any_byte_offset(offset):
+    """A weight read from a safetensors file (the GPTQ cache) can start at any byte; torch's
+    int8 kernel crashed on one that was not 64-byte aligned."""
+    layer = Int8Linear.from_float(_weight())
+    buffer = torch.empty(layer.q.numel() + 64, dtype=torch.int8)
+    unaligned = buffer[offset:offset + layer.q.numel()].view_as(layer.q)
+    unaligned.copy_(layer.q)
+    moved = Int8Linear(unaligned, layer.scale)
+    moved.prepare(torch.bfloat16, ours=False)
+    x = torch.randn(5, 256, dtype=torch.bfloat16)
+    assert torch.equal(moved(x), layer(x))
 
 
 @pytest.mark.parametrize("make,out_features", [*zip(MAKERS, [96] * len(MAKERS)), (MAKERS[0], 50)],

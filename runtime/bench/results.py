@@ -30,9 +30,13 @@ def argv(args: argparse.Namespace) -> list[str]:
 def machine() -> str:
     import torch
 
+    from runtime.config import cpu_has_fast_bf16
+
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-            f"torch threads {torch.get_num_threads()}, load average {load:.1f} at start")
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs ({torch.backends.cpu.get_cpu_capability()}"
+            f"{', bf16 kernels: --dtype auto is bf16' if cpu_has_fast_bf16() else ''}), torch threads {torch.get_num_threads()}, "
+            f"load average {load:.1f} at start")
+
 
 
 def versions(*packages: str) -> dict[str, str | None]:

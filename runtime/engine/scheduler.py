@@ -226,7 +226,8 @@ class Scheduler:
                 return None
             self._retract(max(self.running, key=lambda r: (r.arrival_time, r.rid)))
         if self.drafter.enabled:
-            drafts = self.drafter.propose(self.running, self.context_len)
+            closed = not (self.waiting or self.partial or (self.grammars and self.grammars.pending))
+            drafts = self.drafter.propose(self.running, self.context_len, closed)
             if any(drafts) and self._ensure_free(sum(
                     self.pool.pages_needed(r.kv_len, 1 + len(d)) for r, d in zip(self.running, drafts))
                     * self.pool.page_size):

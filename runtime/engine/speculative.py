@@ -27,6 +27,10 @@ produced (b times the tokens per second of the step so far), and the step only v
 if its expected tokens per second beat a plain decode step's. At batch 1 a token costs ~3% of a step, so
 nearly every draft goes in; at a large batch the step is compute-bound and only drafts
 that are nearly certain (grammar text, long copies) do. At most STEP_TOKEN_BUDGET tokens.
+When no request waits for a slot (a closed batch) and the step is mostly per-token work,
+tokens emitted early by a request that is not among the longest do not shorten the batch,
+they only make its steps dearer; so only the longest requests draft, and only as deep as
+all of them are likely to accept (Drafter._closed_batch).
 """
 
 from __future__ import annotations
@@ -206,18 +210,23 @@ class Drafter:
     def enabled(self) -> bool:
         return self.max_len > 0 and bool(self.sources)
 
-    def propose(self, reqs: list[Req], context_len: int) -> list[list[int]]:
-        """A draft (maybe empty) per request: the candidates cut to what pays this step."""
+    def propose(self, reqs: list[Req], context_len: int, closed: bool = False) -> list[list[int]]:
+        """A draft (maybe empty) per request: the candidates cut to what pays this step.
+        closed: nothing waits for a slot. If the step is then mostly per-token work (b n > a:
+        a large batch), the batch's time is that of its longest requests (_closed_batch);
+        below that drafts are cheap and each request's own latency decides."""
         if len(reqs) >= STEP_TOKEN_BUDGET:
             return [[] for _ in reqs]
         drafts = [self._draft(req, context_len) for req in reqs]
         if not any(drafts):
             return drafts
+        cost, decode = self.costs.verify_model(len(reqs)), self.costs.decode_model(len(reqs))
+        a, b = cost.coefficients() if cost.known else (1.0, 0.0)  # nothing measured yet: take them all
+        if closed and len(reqs) > 1 and b * len(reqs) > a:
+            return self._closed_batch(reqs, drafts, cost, decode)
         # every draft token j of request i: the chance it is emitted, alpha_i ** j
         items = sorted(((req.spec.alpha ** (j + 1), i) for i, (req, d) in enumerate(zip(reqs, drafts))
                         for j in range(len(d))), reverse=True)
-        cost, decode = self.costs.verify_model(len(reqs)), self.costs.decode_model(len(reqs))
-        a, b = cost.coefficients() if cost.known else (1.0, 0.0)  # nothing measured yet: take them all
         tokens, expected, keep = len(reqs), float(len(reqs)), [0] * len(reqs)
         for chance, i in items:
             if tokens >= STEP_TOKEN_BUDGET or chance * (a + b * tokens) <= b * expected:
@@ -228,6 +237,32 @@ class Drafter:
         if cost.known and decode.known and expected / cost.predict(tokens) <= len(reqs) / decode.predict(len(reqs)):
             return [[] for _ in reqs]  # a plain decode step emits tokens faster
         return [d[:n] for d, n in zip(drafts, keep)]
+
+    def _closed_batch(self, reqs: list[Req], drafts: list[list[int]], cost: LinearCost,
+                      decode: LinearCost) -> list[list[int]]:
+        """Drafts for a batch that no queued request will join: it ends when its longest
+        requests do (those with the most tokens left, give or take a draft), so a verify step
+        shortens it by the tokens that all of those accept; the rest only make it dearer (a
+        request that finishes early frees a slot nobody takes). Chosen: the depth j (every
+        longest request drafting j tokens) of the best expected steps advanced per second,
+        1 + sum over t <= j of prod_i alpha_i ** t, if that beats a plain decode step."""
+        left = [r.sampling_params.max_new_tokens - len(r.output_ids) for r in reqs]
+        longest = [i for i, n in enumerate(left) if n >= max(left) - self.max_len]
+        depth = min(min(len(drafts[i]) for i in longest), (STEP_TOKEN_BUDGET - len(reqs)) // len(longest))
+        if depth == 0:
+            return [[] for _ in reqs]
+        alpha = 1.0
+        for i in longest:
+            alpha *= reqs[i].spec.alpha
+        if not (cost.known and decode.known):  # nothing measured yet: try them
+            best = depth
+        else:
+            rate = lambda j: sum(alpha ** t for t in range(j + 1)) / cost.predict(len(reqs) + j * len(longest))
+            best = max(range(1, depth + 1), key=rate)
+            if rate(best) <= 1 / decode.predict(len(reqs)):
+                return [[] for _ in reqs]  # a plain decode step ends the batch sooner
+        chosen = set(longest)
+        return [d[:best] if i in chosen else [] for i, d in enumerate(drafts)]
 
     def _draft(self, req: Req, context_len: int) -> list[int]:
         state = req.spec

@@ -4,6 +4,8 @@ cached by torch under ~/.cache/torch_extensions; their ops live under torch.ops.
   paged_attention.cpp  decode attention read straight from the KV pool's slots (cpu_attention.py)
   quant_linear.cpp     int8 / int4 weight-only linear layers, float32 activations
                        (runtime/layers/quant.py; only where the CPU has AVX2 and FMA)
+  dequantize.cpp       their weights dequantized in one pass (a prefill chunk's matmul)
+  elementwise.cpp      add + RMSNorm and rotary, in place (cpu_elementwise.py)
 """
 
 from __future__ import annotations

@@ -94,7 +94,8 @@ class QuantizedLinear(nn.Module):
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The weight [out, in], computed in float32 and rounded once to `dtype` (a GGUF
-        Q4_1 tensor at group 32 then gives exactly the unquantized checkpoint's weights)."""
+        Q4_1 tensor at group 32 then gives exactly the unquantized checkpoint's weights):
+        our one-pass op where it built, else `dequantize_torch`, which gives the same values."""
         raise NotImplementedError
 
     def _our_kernel(self, x: torch.Tensor) -> torch.Tensor:
@@ -152,6 +153,12 @@ class Int8Linear(QuantizedLinear):
         return cls(q.reshape(w.shape), scale, bias, group_size, lo + 128 * scale)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        if cpu_extension.has_op("int8_dequantize"):  # one pass (csrc/dequantize.cpp), same values
+            return torch.ops.radixflow.int8_dequantize(self.q, self.scale, self.zero,
+                                                       self.group_size or self.in_features, dtype)
+        return self.dequantize_torch(dtype)
+
+    def dequantize_torch(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         g = self.group_size or self.in_features
         w = self.q.view(self.out_features, -1, g).float() * self.scale.view(self.out_features, -1, 1)
         if self.zero is not None:
@@ -216,6 +223,11 @@ class Int4Linear(QuantizedLinear):
         return q.view(n, k)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        if cpu_extension.has_op("int4_dequantize"):  # one pass (csrc/dequantize.cpp), same values
+            return torch.ops.radixflow.int4_dequantize(self.q4, self.scale, self.shift, self.group_size, dtype)
+        return self.dequantize_torch(dtype)
+
+    def dequantize_torch(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         g = self.group_size
         q = self.unpacked().view(self.out_features, self.in_features // g, g).float()
         w = q * self.scale[..., None] + self.shift[..., None]  # [out, groups, g]

@@ -159,3 +159,13 @@ def test_quantize_decoder_replaces_every_linear_and_needs_divisible_groups():
     for shape in ((16, 48), (8, 64)):
         with pytest.raises(ValueError, match="int4 needs a group size"):
             Int4Linear.from_float(torch.randn(*shape), None, 32)
+
+
+@pytest.mark.parametrize("make", MAKERS, ids=MAKER_IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_one_pass_dequantize_gives_the_torch_expressions_values(make, dtype):
+    """csrc/dequantize.cpp (a prefill chunk's weights) rounds as quant.py's torch expression
+    does: q * scale, then + shift, then once to the dtype."""
+    assert cpu_extension.has_op("int8_dequantize") and cpu_extension.has_op("int4_dequantize")
+    layer = make(_weight(), None)
+    assert torch.equal(layer.dequantize(dtype), layer.dequantize_torch(dtype))

@@ -162,3 +162,29 @@ def test_sampling_probs_is_one_hot_for_greedy_rows():
     probs = sampling_probs(logits, sb)
     assert probs[0].tolist() == [0.0, 1.0, 0.0]
     assert probs[1].tolist() == pytest.approx(torch.softmax(logits[1], -1).tolist())
+
+
+def test_a_closed_batch_drafts_only_for_its_longest_requests():
+    """Nothing waits for a slot and the step is mostly per-token work: the batch ends with
+    its longest requests, so only they draft, all as deep, and only while all of them are
+    likely to accept."""
+    drafter = Drafter("ngram", 6, jump_forward=False, tokenizer_of=None)
+    batch = 4
+    for _ in range(4):  # every step: 4 ms + 4 ms per token
+        drafter.costs.observe(False, batch, batch, 0.004 + 0.004 * batch)
+        for tokens in (batch + 1, batch + 4, batch + 9):
+            drafter.costs.observe(True, batch, tokens, 0.004 + 0.004 * tokens)
+    reqs = [make_req([9, 5, 6], max_new=64) for _ in range(3)] + [make_req([9, 5, 6], max_new=20)]
+
+    def propose(closed=True, alphas=(0.9, 0.9, 0.9, 0.9)):
+        for r, alpha in zip(reqs, alphas):
+            if r.spec is not None:
+                r.spec.alpha, r.spec.skip = alpha, 0
+        return drafter.propose(reqs, 4096, closed)
+
+    propose()  # creates each request's state
+    drafts = propose()
+    assert drafts[3] == [] and drafts[0] and drafts[0] == drafts[1] == drafts[2]
+    unlikely = (0.9, 0.05, 0.9, 0.9)  # one longest request rarely accepts: the batch would not end sooner
+    assert not any(propose(alphas=unlikely))
+    assert any(propose(closed=False, alphas=unlikely))  # with a queue, the others' early tokens count

@@ -33,11 +33,9 @@ def machine() -> str:
     from runtime.config import cpu_has_fast_bf16
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs ({torch.backends.cpu.get_cpu_capability()}"
-            f"{', bf16 kernels: --dtype auto is bf16' if cpu_has_fast_bf16() else ''}), torch threads {torch.get_num_threads()}, "
-            f"load average {load:.1f} at start")
-
-
+    isa = torch.backends.cpu.get_cpu_capability() + (", bf16 kernels: --dtype auto is bf16" if cpu_has_fast_bf16() else "")
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs ({isa}), "
+            f"torch threads {torch.get_num_threads()}, load average {load:.1f} at start")
 
 def versions(*packages: str) -> dict[str, str | None]:
     from importlib.metadata import PackageNotFoundError, version

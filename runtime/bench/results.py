@@ -33,7 +33,9 @@ def machine() -> str:
     from runtime.config import cpu_has_fast_bf16
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    isa = torch.backends.cpu.get_cpu_capability() + (", bf16 kernels: --dtype auto is bf16" if cpu_has_fast_bf16() else "")
+    isa = torch.backends.cpu.get_cpu_capability()
+    if cpu_has_fast_bf16():
+        isa += ", bf16 kernels: --dtype auto is bf16"
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs ({isa}), "
             f"torch threads {torch.get_num_threads()}, load average {load:.1f} at start")
 

@@ -57,6 +57,11 @@ class OneDNNLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [..., in] -> [..., out]
+        if x.numel() == self.in_features:  # one row: oneDNN's one-row kernel sums k in another order than
+            # its kernel for 2+ rows (AVX512, in > 1024), so a row's bits would depend on its batch; run it as 2
+            out = torch.ops.mkldnn._linear_pointwise(x.reshape(1, -1).expand(2, -1), self.packed_weight, self.bias,
+                                                     "none", [], "")
+            return out[:1].reshape(*x.shape[:-1], self.out_features)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
 
     def extra_repr(self) -> str:

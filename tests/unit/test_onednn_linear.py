@@ -16,7 +16,7 @@ def test_available_on_cpu_for_float32_and_bf16_with_its_kernels():
     assert not onednn_packing_available(torch.bfloat16, "cuda") and not onednn_packing_available(torch.float32, "cuda")
 
 
-@pytest.mark.parametrize("shape", [(1000, 576), (576, 1536)])
+@pytest.mark.parametrize("shape", [(1000, 576), (576, 1536), (576, 2048)])
 def test_float32_is_close_to_f_linear_and_row_invariant(shape):
     """Not bitwise equal to F.linear in float32, but close, and a row's bits are the same
     whatever rows it is computed with (so batching does not change a request's tokens)."""
@@ -27,7 +27,24 @@ def test_float32_is_close_to_f_linear_and_row_invariant(shape):
     with torch.inference_mode():
         full = layer(x)
         torch.testing.assert_close(full, F.linear(x, w, b), rtol=1e-5, atol=1e-5)
-        for rows in (1, 3, 9, 32, 64):
+        for rows in (1, 2, 3, 9, 32, 64):
+            assert torch.equal(layer(x[:rows]), full[:rows])
+        assert torch.equal(layer(x[0]), full[0])  # one row without a batch dim
+
+
+@needs_bf16_onednn
+@pytest.mark.parametrize("in_features", [576, 1536, 2048])
+def test_bf16_rows_are_batch_invariant(in_features):
+    """A row gets the same bits alone as in any batch (oneDNN's one-row kernel, AVX512,
+    sums in another order above 1024 inputs: a lone row runs as two)."""
+    g = torch.Generator().manual_seed(in_features)
+    w = (torch.randn(576, in_features, generator=g) / in_features ** 0.5).to(torch.bfloat16)
+    x = torch.randn(40, in_features, generator=g).to(torch.bfloat16)
+    layer = OneDNNLinear(w, None)
+    with torch.inference_mode():
+        full = layer(x)
+        assert torch.equal(torch.cat([layer(x[i:i + 1]) for i in range(len(x))]), full)
+        for rows in (2, 5, 17):
             assert torch.equal(layer(x[:rows]), full[:rows])
 
 

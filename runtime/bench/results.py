@@ -39,6 +39,7 @@ def machine() -> str:
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs ({isa}), "
             f"torch threads {torch.get_num_threads()}, load average {load:.1f} at start")
 
+
 def versions(*packages: str) -> dict[str, str | None]:
     from importlib.metadata import PackageNotFoundError, version
 

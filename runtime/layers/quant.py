@@ -52,7 +52,6 @@ class QuantizedLinear(nn.Module):
     """y = x W^T + b with W held quantized; x: [..., in] -> [..., out]."""
 
     OUR_KERNEL = ""  # the torch.ops.radixflow op for float32 activations
-    TORCH_HAS_KERNEL = True  # whether torch has a CPU kernel for this layout (else it dequantizes)
 
     def __init__(self, out_features: int, in_features: int, bias: torch.Tensor | None) -> None:
         super().__init__()
@@ -84,7 +83,7 @@ class QuantizedLinear(nn.Module):
         its scales cast once."""
         built = cpu_extension.has_op(self.OUR_KERNEL)  # (builds the extension on first use)
         if ours is None:
-            ours = built and self.in_features % 32 == 0 and (dtype == torch.float32 or not self.TORCH_HAS_KERNEL)
+            ours = built and self.in_features % 32 == 0 and (dtype == torch.float32 or not self.torch_has_kernel())
         elif ours and not built:
             raise RuntimeError(f"torch.ops.radixflow.{self.OUR_KERNEL} is not built on this machine")
         self._dtype = dtype
@@ -97,6 +96,10 @@ class QuantizedLinear(nn.Module):
         Q4_1 tensor at group 32 then gives exactly the unquantized checkpoint's weights):
         our one-pass op where it built, else `dequantize_torch`, which gives the same values."""
         raise NotImplementedError
+
+    def torch_has_kernel(self) -> bool:
+        """Whether torch has a CPU kernel for this layout (else its path dequantizes)."""
+        return True
 
     def _our_kernel(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -130,7 +133,6 @@ class Int8Linear(QuantizedLinear):
         if (zero is None) != (group_size == 0):
             raise ValueError("int8: a zero per group, none per channel")
         self.group_size = group_size
-        self.TORCH_HAS_KERNEL = not group_size  # torch's int8 kernel has one scale per row
         self.q = _aligned(q.contiguous())
         self.scale = scale.float().contiguous()
         self.zero = None if zero is None else zero.float().contiguous()
@@ -152,10 +154,13 @@ class Int8Linear(QuantizedLinear):
         q = (torch.round((groups - lo[..., None]) / scale[..., None]).clamp_(0, 255) - 128).to(torch.int8)
         return cls(q.reshape(w.shape), scale, bias, group_size, lo + 128 * scale)
 
+    def torch_has_kernel(self) -> bool:
+        return not self.group_size  # torch's int8 kernel has one scale per row
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        if cpu_extension.has_op("int8_dequantize"):  # one pass (csrc/dequantize.cpp), same values
-            return torch.ops.radixflow.int8_dequantize(self.q, self.scale, self.zero,
-                                                       self.group_size or self.in_features, dtype)
+        g = self.group_size or self.in_features
+        if g % 32 == 0 and cpu_extension.has_op("int8_dequantize"):  # one pass (csrc/dequantize.cpp), same values
+            return torch.ops.radixflow.int8_dequantize(self.q, self.scale, self.zero, g, dtype)
         return self.dequantize_torch(dtype)
 
     def dequantize_torch(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:

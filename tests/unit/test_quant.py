@@ -169,3 +169,10 @@ def test_one_pass_dequantize_gives_the_torch_expressions_values(make, dtype):
     assert cpu_extension.has_op("int8_dequantize") and cpu_extension.has_op("int4_dequantize")
     layer = make(_weight(), None)
     assert torch.equal(layer.dequantize(dtype), layer.dequantize_torch(dtype))
+
+
+def test_int8_per_channel_dequantizes_any_width():
+    """The one-pass op reads runs of 32 weights; a row of another width keeps the torch path."""
+    layer = Int8Linear.from_float(_weight(16, 48))
+    assert torch.equal(layer.dequantize(), layer.dequantize_torch())
+    assert (layer.dequantize() - _weight(16, 48)).abs().max() < 0.01

@@ -6,7 +6,7 @@
 //       w = q * scale (+ shift), in float32 as two roundings (a product, then a sum: what the
 //       torch expression in quant.py gives, so neither path changes the weights), then rounded
 //       once to dtype. q4: each run of 32 k values in 16 bytes, byte j = q[j] | q[16 + j] << 4.
-// scale, shift float32 and contiguous; the weights' layouts are checked by int8_linear / int4_linear.
+// scale, shift float32 and contiguous [N, K / g]; g a multiple of 32 that divides K.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>

@@ -14,7 +14,8 @@ those steps always take the same path, so a verified token gets the bits a decod
 would give it.
 
   int8: w[n, k] = q[n, k] * scale[n]            q int8 in [-127, 127], symmetric per output row,
-        or q[n, k] * s[n, g] + z[n, g]        per group (min/max, like int4: exact for Q4_1 blocks)
+        or q[n, k] * s[n, g] + z[n, g]        per group: min/max (like int4: exact for Q4_1
+        blocks) or symmetric (z = 0: exact for Q8_0 blocks), whichever fits the group better
   int4: w[n, k] = (q[n, k] - 8) * s[g, n] + z[g, n]   q in [0, 15], g = k // group_size
         min/max per group: s = (max - min) / 15, z = min + 8 s. For a GGUF Q4_1 tensor
         (w = q d + m per block of 32, with q = 0 and q = 15 in every block by llama.cpp's
@@ -46,6 +47,7 @@ KERNEL_MAX_ROWS = 32  # rows up to which the kernel runs (decode and verify step
 # float32 kernels are missing, a float32 model runs torch's in bf16.
 KERNEL_DTYPES = {torch.float32: torch.bfloat16}
 INT4_INNER_K_TILES = 2
+OUR_KERNEL_IO = (torch.float32, torch.bfloat16)  # activations our kernels take and return as they are
 
 
 class QuantizedLinear(nn.Module):
@@ -62,19 +64,22 @@ class QuantizedLinear(nn.Module):
         self.kernel_dtype: torch.dtype | None = None  # what the kernel computes in (None: ours, float32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features)
+        # (a decode step calls ~120 of these per token: no op here that is not needed)
+        flat = x if x.dim() == 2 else x.reshape(-1, self.in_features)
         if flat.shape[0] <= self.kernel_max_rows:
             if self._dtype != x.dtype:
                 self.prepare(x.dtype)
-            if self.kernel_dtype is None:  # ours computes in float32
-                out = self._our_kernel(flat.float().contiguous()).to(x.dtype)
+            if self.kernel_dtype is None:  # ours computes in float32, reads and writes float32 or bf16
+                out = self._our_kernel((flat if x.dtype in OUR_KERNEL_IO else flat.float()).contiguous())
             else:
-                out = self._torch_kernel(flat.to(self.kernel_dtype).contiguous()).to(x.dtype)
+                out = self._torch_kernel(flat.to(self.kernel_dtype).contiguous())
+            if out.dtype != x.dtype:
+                out = out.to(x.dtype)
             if self.bias is not None:
                 out = out + self.bias.to(x.dtype)
         else:
             out = F.linear(flat, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
-        return out.reshape(*x.shape[:-1], self.out_features)
+        return out if x.dim() == 2 else out.reshape(*x.shape[:-1], self.out_features)
 
     def prepare(self, dtype: torch.dtype, ours: bool | None = None) -> None:
         """Choose the kernel for `dtype` activations (or as `ours` says): ours where it built,
@@ -140,9 +145,11 @@ class Int8Linear(QuantizedLinear):
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, group_size: int = 0) -> Int8Linear:
-        """Per channel: symmetric, scale = max |w| / 127. Per group: min/max, scale =
-        (max - min) / 255, zero = min + 128 scale, so a GGUF Q4_1 block (16 levels d apart
-        from its minimum) lands exactly on the grid (q = 17 q4 - 128)."""
+        """Per channel: symmetric, scale = max |w| / 127. Per group, whichever of two grids
+        holds the group with the smaller squared error: min/max (scale = (max - min) / 255,
+        zero = min + 128 scale), on which a GGUF Q4_1 block (16 levels d apart from its
+        minimum) lands exactly (q = 17 q4 - 128); or symmetric (scale = max |w| / 127, zero 0),
+        on which a Q8_0 block (q d, |q| <= 127) lands exactly."""
         w = weight.detach().float()
         if not group_size:
             scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127
@@ -151,8 +158,15 @@ class Int8Linear(QuantizedLinear):
         groups = w.reshape(w.shape[0], -1, group_size)  # [out, groups, weights per scale]
         lo, hi = groups.amin(dim=-1), groups.amax(dim=-1)
         scale = ((hi - lo) / 255).clamp_min(1e-12)
-        q = (torch.round((groups - lo[..., None]) / scale[..., None]).clamp_(0, 255) - 128).to(torch.int8)
-        return cls(q.reshape(w.shape), scale, bias, group_size, lo + 128 * scale)
+        zero = lo + 128 * scale
+        q = torch.round((groups - lo[..., None]) / scale[..., None]).clamp_(0, 255) - 128
+        sym_scale = groups.abs().amax(dim=-1).clamp_min(1e-12) / 127
+        sym_q = torch.round(groups / sym_scale[..., None]).clamp_(-127, 127)
+        error = ((q * scale[..., None] + zero[..., None] - groups) ** 2).sum(-1)
+        sym = ((sym_q * sym_scale[..., None] - groups) ** 2).sum(-1) < error  # [out, groups]
+        q = torch.where(sym[..., None], sym_q, q).to(torch.int8)
+        return cls(q.reshape(w.shape), torch.where(sym, sym_scale, scale), bias, group_size,
+                   torch.where(sym, 0.0, zero))
 
     def torch_has_kernel(self) -> bool:
         return not self.group_size  # torch's int8 kernel has one scale per row

@@ -87,6 +87,18 @@ def test_our_kernels_give_each_row_the_same_bits_at_any_batch(make, out_features
         assert torch.equal(layer(x[:rows]), alone[:rows])
 
 
+@pytest.mark.parametrize("make", MAKERS, ids=MAKER_IDS)
+def test_our_kernels_take_bf16_as_casting_around_float32_would(make):
+    """bf16 activations go in and come out as they are: the bits of widening x to float32,
+    the float32 kernel, and rounding y to bf16 (what the layers did with two torch ops)."""
+    layer = make(_weight(), None)
+    layer.prepare(torch.bfloat16, ours=True)
+    x = torch.randn(7, 256, dtype=torch.bfloat16)
+    y = layer._our_kernel(x)
+    assert y.dtype == torch.bfloat16
+    assert torch.equal(y, layer._our_kernel(x.float()).to(torch.bfloat16))
+
+
 def test_our_kernels_refuse_bad_shapes():
     layer = Int8Linear.from_float(_weight())
     with pytest.raises(RuntimeError, match="float32"):
@@ -102,17 +114,37 @@ def test_our_kernels_refuse_bad_shapes():
 
 def test_quantization_error_is_half_a_step():
     """Per channel or group (int8) or group (int4): no weight is further than half a step
-    from its float value (the step is 1/127 of the row's largest |w|, or 1/255 (int8) or
-    1/15 (int4) of the group's range)."""
+    from its float value (the step is 1/127 of the row's largest |w|; per int8 group 1/255 of
+    the group's range (min/max grid) or 1/127 of its largest |w| (symmetric grid: zero 0),
+    whichever it holds; 1/15 of the group's range for int4)."""
     w = _weight()
     step8 = w.abs().amax(dim=1, keepdim=True) / 127
     groups = w.reshape(96, -1, 32)
-    step8_g32 = ((groups.amax(-1) - groups.amin(-1)) / 255).repeat_interleave(32, dim=1)
+    int8_g32 = Int8Linear.from_float(w, None, 32)
+    symmetric = int8_g32.zero == 0
+    assert 0 < symmetric.float().mean() < 0.5  # random weights: mostly min/max
+    step8_g32 = torch.where(symmetric, groups.abs().amax(-1) / 127,
+                            (groups.amax(-1) - groups.amin(-1)) / 255).repeat_interleave(32, dim=1)
     step4 = ((groups.amax(-1) - groups.amin(-1)) / 15).repeat_interleave(32, dim=1)
-    for layer, step in ((Int8Linear.from_float(w), step8), (Int8Linear.from_float(w, None, 32), step8_g32),
-                        (Int4Linear.from_float(w), step4)):
+    for layer, step in ((Int8Linear.from_float(w), step8), (int8_g32, step8_g32), (Int4Linear.from_float(w), step4)):
         err = (layer.dequantize() - w).abs()
         assert (err <= 0.5 * step * (1 + 1e-5)).all() and err.max() > 0.4 * step.min()
+
+
+def test_int8_groups_take_the_grid_with_the_smaller_error():
+    w = _weight()
+    layer = Int8Linear.from_float(w, None, 32)
+    squared_error = ((layer.dequantize() - w) ** 2).view(96, -1, 32).sum(-1)
+    groups = w.view(96, -1, 32)
+    for symmetric in (False, True):  # each group's error is at most the other grid's
+        if symmetric:
+            scale = groups.abs().amax(-1, keepdim=True) / 127
+            other = torch.round(groups / scale).clamp(-127, 127) * scale
+        else:
+            lo = groups.amin(-1, keepdim=True)
+            scale = (groups.amax(-1, keepdim=True) - lo) / 255
+            other = (torch.round((groups - lo) / scale).clamp(0, 255) - 128) * scale + lo + 128 * scale
+        assert (squared_error <= ((other - groups) ** 2).sum(-1) * (1 + 1e-3)).all()  # (float rounding)
 
 
 @pytest.mark.parametrize("rows", [48, 192])
@@ -127,14 +159,19 @@ def test_int4_packing_round_trips(rows):
                                layer.dequantize()[:, :quant.KERNEL_MAX_ROWS].T, rtol=1e-6, atol=1e-6)
 
 
-def test_gguf_q4_1_blocks_are_exact_in_int8_groups_too():
-    """int8 per group of 32 (min/max) holds a Q4_1 block's 16 levels exactly: q = 17 q4 - 128,
-    up to the float32 rounding of the scale (a few ulps)."""
+@pytest.mark.parametrize("qtype", [gguf.GGMLQuantizationType.Q4_1, gguf.GGMLQuantizationType.Q8_0])
+def test_gguf_blocks_are_exact_in_int8_groups(qtype):
+    """int8 per group of 32 holds a Q4_1 block's 16 levels exactly on its min/max grid
+    (q = 17 q4 - 128) and a Q8_0 block's q d on its symmetric grid (the default model's
+    embedding, and so its tied head), up to the float32 rounding of the scale (a few ulps)."""
     w = _weight(64, 512).numpy()
-    values = torch.from_numpy(np.array(gguf.quants.dequantize(gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q4_1),
-                                                              gguf.GGMLQuantizationType.Q4_1)))
+    values = torch.from_numpy(np.array(gguf.quants.dequantize(gguf.quants.quantize(w, qtype), qtype)))
     layer = Int8Linear.from_float(values, None, 32)
-    assert torch.equal((layer.q.int() + 128) % 17, torch.zeros_like(layer.q, dtype=torch.int32))
+    if qtype == gguf.GGMLQuantizationType.Q4_1:
+        assert torch.equal((layer.q.int() + 128) % 17, torch.zeros_like(layer.q, dtype=torch.int32))
+        assert (layer.zero != 0).all()
+    else:
+        assert (layer.zero == 0).all()
     torch.testing.assert_close(layer.dequantize(), values, rtol=0, atol=1e-6 * float(values.abs().max()))
 
 

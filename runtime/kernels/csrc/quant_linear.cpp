@@ -1,6 +1,9 @@
 // Weight-only quantized linear layers on CPU for the few rows of a decode or verify step,
-// with float32 activations (torch 2.13's own int8/int4 CPU kernels are vectorized for bf16
+// computing in float32 (torch 2.13's own int8/int4 CPU kernels are vectorized for bf16
 // activations only, and rounding activations to bf16 costs more accuracy than int8 weights do).
+// x and y are float32, or both bf16: x widened to float32 once, each output rounded once to
+// bf16 (to nearest even, as `.to(torch.bfloat16)` does), so the bits equal casting around a
+// float32 call, without the two extra torch ops per layer.
 //
 //   int8_linear(x [R, K], q int8 [N, K], scale [N, K / g], shift [N, K / g] or None, g) -> [R, N]
 //       w[n, k] = q[n, k] scale[n, k / g] + shift[n, k / g]
@@ -9,7 +12,7 @@
 //       w[n, k] = q[n, k] scale[n, k / g] + shift[n, k / g],  q in [0, 15]
 //       q4 holds each run of 32 k values of a row in 16 bytes: byte j = q[k0 + j] | q[k0 + 16 + j] << 4
 //       (one load, a mask and a shift give 32 values in order)
-// x, scale and shift float32 and contiguous; K a multiple of 16 (int8) or of g (int4, g a multiple of 32).
+// scale and shift float32, all contiguous; K a multiple of 16 (int8) or of g (int4, g a multiple of 32).
 //
 // Each output n is a task's own: the weights of a tile's outputs are widened to float once per
 // 8 k values and used for each of its rows (tiles: see `tiles`). A (row, output) pair always sums its k in the same
@@ -18,6 +21,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
 #include <c10/util/Optional.h>
 #include <torch/library.h>
 
@@ -26,7 +30,11 @@
 
 namespace {
 
-constexpr int64_t kAheadBytes = 1024;  // weight bytes prefetched ahead of each row being read
+constexpr int64_t kAheadBytes = 4096;  // how far ahead weights are prefetched, at least
+
+// A tile's weights are one contiguous block (its NB rows); the prefetch distance is a whole
+// number of tiles, so each 64 bytes read prefetch the same place in a tile ahead: every line once.
+inline int64_t ahead_bytes(int64_t tile_bytes) { return tile_bytes * ((kAheadBytes + tile_bytes - 1) / tile_bytes); }
 
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -47,10 +55,10 @@ inline __m256 widen_uint8(__m128i bytes) { return _mm256_cvtepi32_ps(_mm256_cvte
 // int8 tile: rows [r0, r0 + RB) x outputs [n0, n0 + NB); one scale per output (kGrouped false,
 // g == K: applied to the sum) or a scale and shift per group of g k values (applied to the
 // widened weights)
-template <int64_t RB, int64_t NB, bool kGrouped>
-void int8_tile(const float* x, const int8_t* q, const float* scale, const float* shift, float* y, int64_t r0,
+template <int64_t RB, int64_t NB, bool kGrouped, typename Out>
+void int8_tile(const float* x, const int8_t* q, const float* scale, const float* shift, Out* y, int64_t r0,
                int64_t n0, int64_t K, int64_t N, int64_t g) {
-  const int64_t groups = K / g;
+  const int64_t groups = K / g, ahead = ahead_bytes(NB * K);
   __m256 acc[2][RB][NB];
   for (auto& a : acc)
     for (auto& row : a)
@@ -67,7 +75,7 @@ void int8_tile(const float* x, const int8_t* q, const float* scale, const float*
         __m256 w[NB];
         for (int64_t j = 0; j < NB; ++j) {
           const int8_t* row = q + (n0 + j) * K + k + 8 * half;
-          if (half == 0 && k % 64 == 0) _mm_prefetch(reinterpret_cast<const char*>(row) + kAheadBytes, _MM_HINT_T0);
+          if (half == 0 && k % 64 == 0) _mm_prefetch(reinterpret_cast<const char*>(row) + ahead, _MM_HINT_T0);
           w[j] = widen_int8(row);
           if constexpr (kGrouped) w[j] = _mm256_fmadd_ps(w[j], s[j], m[j]);
         }
@@ -81,15 +89,15 @@ void int8_tile(const float* x, const int8_t* q, const float* scale, const float*
   for (int64_t r = 0; r < RB; ++r)
     for (int64_t j = 0; j < NB; ++j) {
       const float sum = hsum(_mm256_add_ps(acc[0][r][j], acc[1][r][j]));
-      y[(r0 + r) * N + n0 + j] = kGrouped ? sum : sum * scale[n0 + j];
+      y[(r0 + r) * N + n0 + j] = Out(kGrouped ? sum : sum * scale[n0 + j]);
     }
 }
 
 // int4 tile: as int8_tile, each 32 k values of an output widened to 4 float vectors w = q s + m
-template <int64_t RB, int64_t NB>
-void int4_tile(const float* x, const uint8_t* q4, const float* scale, const float* shift, float* y, int64_t r0,
+template <int64_t RB, int64_t NB, typename Out>
+void int4_tile(const float* x, const uint8_t* q4, const float* scale, const float* shift, Out* y, int64_t r0,
                int64_t n0, int64_t K, int64_t N, int64_t g) {
-  const int64_t groups = K / g;
+  const int64_t groups = K / g, ahead = ahead_bytes(NB * K / 2);
   const __m128i low4 = _mm_set1_epi8(0x0F);
   __m256 acc[2][RB][NB];
   for (auto& a : acc)
@@ -105,7 +113,7 @@ void int4_tile(const float* x, const uint8_t* q4, const float* scale, const floa
       __m128i lo[NB], hi[NB];  // k .. k + 15 and k + 16 .. k + 31 as bytes
       for (int64_t j = 0; j < NB; ++j) {
         const uint8_t* row = q4 + (n0 + j) * (K / 2) + k / 2;
-        _mm_prefetch(reinterpret_cast<const char*>(row) + kAheadBytes, _MM_HINT_T0);
+        if (k % 128 == 0) _mm_prefetch(reinterpret_cast<const char*>(row) + ahead, _MM_HINT_T0);
         const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row));
         lo[j] = _mm_and_si128(b, low4);
         hi[j] = _mm_and_si128(_mm_srli_epi16(b, 4), low4);
@@ -124,8 +132,101 @@ void int4_tile(const float* x, const uint8_t* q4, const float* scale, const floa
     }
   }
   for (int64_t r = 0; r < RB; ++r)
-    for (int64_t j = 0; j < NB; ++j) y[(r0 + r) * N + n0 + j] = hsum(_mm256_add_ps(acc[0][r][j], acc[1][r][j]));
+    for (int64_t j = 0; j < NB; ++j) y[(r0 + r) * N + n0 + j] = Out(hsum(_mm256_add_ps(acc[0][r][j], acc[1][r][j])));
 }
+
+#if defined(__AVX512F__)
+// The same tiles 16 values wide, where the CPU has AVX-512 (a Zen 5 core runs a 16-wide FMA
+// as fast as an 8-wide one: twice the weights per instruction). Accumulators alternate per
+// 16 k values; sums differ from the 8-wide tiles' order, so bits differ between machines
+// with and without AVX-512, but not between batches on one machine.
+inline __m512 widen16_int8(const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+
+template <int64_t RB, int64_t NB, bool kGrouped, typename Out>
+void int8_tile16(const float* x, const int8_t* q, const float* scale, const float* shift, Out* y, int64_t r0,
+                 int64_t n0, int64_t K, int64_t N, int64_t g) {
+  const int64_t groups = K / g, ahead = ahead_bytes(NB * K);
+  __m512 acc[2][RB][NB];
+  for (auto& a : acc)
+    for (auto& row : a)
+      for (auto& v : row) v = _mm512_setzero_ps();
+  for (int64_t group = 0; group < groups; ++group) {
+    __m512 s[NB], m[NB];
+    if constexpr (kGrouped)
+      for (int64_t j = 0; j < NB; ++j) {
+        s[j] = _mm512_set1_ps(scale[(n0 + j) * groups + group]);
+        m[j] = _mm512_set1_ps(shift[(n0 + j) * groups + group]);
+      }
+    const int64_t end = (group + 1) * g;
+    for (int64_t k = group * g; k < end; k += 32) {
+      for (int64_t half = 0; half < 2 && k + 16 * half < end; ++half) {  // k + 16 half .. k + 16 half + 15
+        __m512 w[NB];
+        for (int64_t j = 0; j < NB; ++j) {
+          const int8_t* row = q + (n0 + j) * K + k + 16 * half;
+          if (half == 0 && k % 64 == 0) _mm_prefetch(reinterpret_cast<const char*>(row) + ahead, _MM_HINT_T0);
+          w[j] = widen16_int8(row);
+          if constexpr (kGrouped) w[j] = _mm512_fmadd_ps(w[j], s[j], m[j]);
+        }
+        for (int64_t r = 0; r < RB; ++r) {
+          const __m512 xv = _mm512_loadu_ps(x + (r0 + r) * K + k + 16 * half);
+          for (int64_t j = 0; j < NB; ++j) acc[half][r][j] = _mm512_fmadd_ps(xv, w[j], acc[half][r][j]);
+        }
+      }
+    }
+  }
+  for (int64_t r = 0; r < RB; ++r)
+    for (int64_t j = 0; j < NB; ++j) {
+      const float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][r][j], acc[1][r][j]));
+      y[(r0 + r) * N + n0 + j] = Out(kGrouped ? sum : sum * scale[n0 + j]);
+    }
+}
+
+template <int64_t RB, int64_t NB, typename Out>
+void int4_tile16(const float* x, const uint8_t* q4, const float* scale, const float* shift, Out* y, int64_t r0,
+                 int64_t n0, int64_t K, int64_t N, int64_t g) {
+  const int64_t groups = K / g, ahead = ahead_bytes(NB * K / 2);
+  const __m128i low4 = _mm_set1_epi8(0x0F);
+  __m512 acc[2][RB][NB];
+  for (auto& a : acc)
+    for (auto& row : a)
+      for (auto& v : row) v = _mm512_setzero_ps();
+  for (int64_t group = 0; group < groups; ++group) {
+    __m512 s[NB], m[NB];
+    for (int64_t j = 0; j < NB; ++j) {
+      s[j] = _mm512_set1_ps(scale[(n0 + j) * groups + group]);
+      m[j] = _mm512_set1_ps(shift[(n0 + j) * groups + group]);
+    }
+    for (int64_t k = group * g; k < (group + 1) * g; k += 32) {
+      __m512 lo[NB], hi[NB];  // k .. k + 15 and k + 16 .. k + 31, widened: w = q s + m
+      for (int64_t j = 0; j < NB; ++j) {
+        const uint8_t* row = q4 + (n0 + j) * (K / 2) + k / 2;
+        if (k % 128 == 0) _mm_prefetch(reinterpret_cast<const char*>(row) + ahead, _MM_HINT_T0);
+        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row));
+        lo[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(b, low4))), s[j], m[j]);
+        hi[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b, 4), low4))),
+                                s[j], m[j]);
+      }
+      for (int64_t r = 0; r < RB; ++r) {
+        const __m512 x0 = _mm512_loadu_ps(x + (r0 + r) * K + k), x1 = _mm512_loadu_ps(x + (r0 + r) * K + k + 16);
+        for (int64_t j = 0; j < NB; ++j) {
+          acc[0][r][j] = _mm512_fmadd_ps(x0, lo[j], acc[0][r][j]);
+          acc[1][r][j] = _mm512_fmadd_ps(x1, hi[j], acc[1][r][j]);
+        }
+      }
+    }
+  }
+  for (int64_t r = 0; r < RB; ++r)
+    for (int64_t j = 0; j < NB; ++j)
+      y[(r0 + r) * N + n0 + j] = Out(_mm512_reduce_add_ps(_mm512_add_ps(acc[0][r][j], acc[1][r][j])));
+}
+#define INT8_TILE int8_tile16
+#define INT4_TILE int4_tile16
+#else
+#define INT8_TILE int8_tile
+#define INT4_TILE int4_tile
+#endif
 
 // tile(RB, r0) over all rows: full tiles of RB rows, then the rest one row at a time
 template <int64_t RB, typename Tile>
@@ -135,9 +236,21 @@ void rows(int64_t R, Tile&& tile) {
   for (; r0 < R; ++r0) tile(std::integral_constant<int64_t, 1>{}, r0);
 }
 
-void check_x(const at::Tensor& x, int64_t K, int64_t multiple) {
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == at::kFloat, "x: contiguous float32 [R, K]");
+// x as float32 (a bf16 x widened, exactly)
+at::Tensor float_x(const at::Tensor& x, int64_t K, int64_t multiple) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16),
+              "x: contiguous float32 or bf16 [R, K]");
   TORCH_CHECK(x.size(1) == K && K % multiple == 0, "x [R, K]: K = the weight's in features, a multiple of ", multiple);
+  return x.scalar_type() == at::kFloat ? x : x.to(at::kFloat);
+}
+
+// fill(out pointer) on y [R, N] in x's dtype
+template <typename Fill>
+at::Tensor output(const at::Tensor& x, int64_t N, Fill&& fill) {
+  auto y = at::empty({x.size(0), N}, x.options());
+  if (x.scalar_type() == at::kBFloat16) fill(y.data_ptr<at::BFloat16>());
+  else fill(y.data_ptr<float>());
+  return y;
 }
 
 // tile(NB, RB, n0, r0) over every output and row, outputs split across threads: fewer than 4
@@ -167,45 +280,43 @@ void tiles(int64_t R, int64_t N, Tile&& tile) {
 at::Tensor int8_linear(at::Tensor x, at::Tensor q, at::Tensor scale, c10::optional<at::Tensor> shift, int64_t g) {
   TORCH_CHECK(q.dim() == 2 && q.is_contiguous() && q.scalar_type() == at::kChar, "q: contiguous int8 [N, K]");
   const int64_t R = x.size(0), N = q.size(0), K = q.size(1);
-  check_x(x, K, 16);
+  const at::Tensor xf = float_x(x, K, 16);
   TORCH_CHECK(g > 0 && g % 16 == 0 && K % g == 0, "group size: a multiple of 16 that divides K");
   TORCH_CHECK(shift.has_value() == (g != K), "a shift per group, none per row");
   for (const at::Tensor* t : {&scale, shift ? &*shift : &scale})
     TORCH_CHECK(t->is_contiguous() && t->scalar_type() == at::kFloat && t->numel() == N * (K / g),
                 "scale, shift: contiguous float32 [N, K / g]");
-  auto y = at::empty({R, N}, x.options());
-  const float* xp = x.data_ptr<float>();
+  const float* xp = xf.data_ptr<float>();
   const int8_t* qp = q.data_ptr<int8_t>();
   const float* sp = scale.data_ptr<float>();
   const float* mp = shift ? shift->data_ptr<float>() : nullptr;
-  float* yp = y.data_ptr<float>();
-  tiles(R, N, [&](auto nb, auto rb, int64_t n0, int64_t r0) {
-    constexpr int64_t RB = decltype(rb)::value, NB = decltype(nb)::value;
-    if (g == K) int8_tile<RB, NB, false>(xp, qp, sp, mp, yp, r0, n0, K, N, g);
-    else int8_tile<RB, NB, true>(xp, qp, sp, mp, yp, r0, n0, K, N, g);
+  return output(x, N, [&](auto* yp) {
+    tiles(R, N, [&](auto nb, auto rb, int64_t n0, int64_t r0) {
+      constexpr int64_t RB = decltype(rb)::value, NB = decltype(nb)::value;
+      if (g == K) INT8_TILE<RB, NB, false>(xp, qp, sp, mp, yp, r0, n0, K, N, g);
+      else INT8_TILE<RB, NB, true>(xp, qp, sp, mp, yp, r0, n0, K, N, g);
+    });
   });
-  return y;
 }
 
 at::Tensor int4_linear(at::Tensor x, at::Tensor q4, at::Tensor scale, at::Tensor shift, int64_t g) {
   TORCH_CHECK(q4.dim() == 2 && q4.is_contiguous() && q4.scalar_type() == at::kByte, "q4: contiguous uint8 [N, K / 2]");
   const int64_t R = x.size(0), N = q4.size(0), K = 2 * q4.size(1);
-  check_x(x, K, 32);
+  const at::Tensor xf = float_x(x, K, 32);
   TORCH_CHECK(g % 32 == 0 && K % g == 0, "group size: a multiple of 32 that divides K");
   for (const auto* t : {&scale, &shift})
     TORCH_CHECK(t->is_contiguous() && t->scalar_type() == at::kFloat && t->dim() == 2 && t->size(0) == N &&
                     t->size(1) == K / g,
                 "scale, shift: contiguous float32 [N, K / g]");
-  auto y = at::empty({R, N}, x.options());
-  const float* xp = x.data_ptr<float>();
+  const float* xp = xf.data_ptr<float>();
   const uint8_t* qp = q4.data_ptr<uint8_t>();
   const float* sp = scale.data_ptr<float>();
   const float* mp = shift.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  tiles(R, N, [&](auto nb, auto rb, int64_t n0, int64_t r0) {
-    int4_tile<decltype(rb)::value, decltype(nb)::value>(xp, qp, sp, mp, yp, r0, n0, K, N, g);
+  return output(x, N, [&](auto* yp) {
+    tiles(R, N, [&](auto nb, auto rb, int64_t n0, int64_t r0) {
+      INT4_TILE<decltype(rb)::value, decltype(nb)::value>(xp, qp, sp, mp, yp, r0, n0, K, N, g);
+    });
   });
-  return y;
 }
 
 }  // namespace

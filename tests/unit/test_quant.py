@@ -47,15 +47,15 @@ def test_quantized_linear_matches_float64(make, dtype, ours, rows):
     assert layer(x.to(dtype)).dtype == dtype
 
 
-def test_float32_layers_choose_our_kernel():
-    layer = Int8Linear.from_float(_weight())
-    layer(torch.randn(1, 256))
-    assert layer.kernel_dtype is None
-    layer(torch.randn(1, 256, dtype=torch.bfloat16))  # torch's kernel for bf16
-    assert layer.kernel_dtype == torch.bfloat16
-    grouped = Int8Linear.from_float(_weight(), None, 32)  # torch has no kernel: ours, in float32
-    assert grouped(torch.randn(1, 256, dtype=torch.bfloat16)).dtype == torch.bfloat16
-    assert grouped.kernel_dtype is None
+def test_layers_choose_our_kernel_for_float32_and_bf16():
+    for layer in (Int8Linear.from_float(_weight()), Int8Linear.from_float(_weight(), None, 32),
+                  Int4Linear.from_float(_weight())):
+        for dtype in (torch.float32, torch.bfloat16):
+            assert layer(torch.randn(1, 256, dtype=dtype)).dtype == dtype
+            assert layer.kernel_dtype is None  # ours, in float32
+    odd = Int8Linear.from_float(_weight(96, 48))  # 48 inputs: not runs of 32, torch's kernel
+    odd(torch.randn(1, 48, dtype=torch.bfloat16))
+    assert odd.kernel_dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("offset", [0, 1, 16])
@@ -67,7 +67,8 @@ def test_int8_weights_at_any_byte_offset(offset):
     unaligned = buffer[offset:offset + layer.q.numel()].view_as(layer.q)
     unaligned.copy_(layer.q)
     moved = Int8Linear(unaligned, layer.scale)
-    moved.prepare(torch.bfloat16, ours=False)
+    for each in (moved, layer):
+        each.prepare(torch.bfloat16, ours=False)
     x = torch.randn(5, 256, dtype=torch.bfloat16)
     assert torch.equal(moved(x), layer(x))
 

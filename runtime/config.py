@@ -100,7 +100,7 @@ def cpu_has_fast_bf16() -> bool:
 
 
 SPECULATIVE_ALGORITHMS = ("none", "ngram", "suffix", "grammar", "auto")
-QUANTIZATIONS = ("none", "int8", "int4")  # runtime/layers/quant.py
+QUANTIZATIONS = ("none", "int8", "int4", "fp8")  # runtime/layers/quant.py
 QUANTIZATION_METHODS = ("rtn", "gptq")  # how int8 weights are rounded (runtime/layers/gptq.py)
 QUANT_GROUP_SIZES = (32, 64, 128)  # weights per scale (int8 may also keep one scale per output row)
 
@@ -157,8 +157,9 @@ class EngineConfig:
     cpu_linear: str = _option("auto", "CPU linear layers: onednn (weights reordered once at load; float32, and "
                                       "bf16 on CPUs with its kernels) or torch (F.linear); auto: onednn where "
                                       "available", ("auto", "onednn", "torch"))
-    quantization: str = _option("none", "weight-only quantization of the linear layers, CPU (runtime/layers/"
-                                        "quant.py): int8 per channel or group, int4 per group", QUANTIZATIONS)
+    quantization: str = _option("none", "quantization of the linear layers (runtime/layers/quant.py): weight-only "
+                                        "on CPU, int8 per channel or group, int4 per group; fp8 weights and "
+                                        "activations (e4m3, torch._scaled_mm) on CUDA", QUANTIZATIONS)
     quantization_group_size: int | None = _option(
         None, "weights per scale: int4 32 (the default; GGUF Q4_0/Q4_1's blocks), 64 or 128; int8 one scale per "
               "output channel (the default) or 32 (GGUF Q8_0's blocks; closer to a 4-bit checkpoint), 64, 128",
@@ -194,6 +195,8 @@ class EngineConfig:
         check(self.max_queued_requests >= 1, "max_queued_requests must be >= 1")
         check(self.quantization_method == "rtn" or "int8" in (self.quantization, self.lm_head_quantization),
               "quantization_method gptq rounds int8 layers: it needs quantization or lm_head_quantization int8")
+        check("fp8" not in (self.quantization, self.lm_head_quantization) or self.quantization_group_size is None,
+              "fp8 has one scale per output row: no quantization_group_size")
         check(self.quantization_method == "rtn" or self.quantization_group_size is None,
               "quantization_method gptq rounds int8 weights with one scale per output row: no quantization_group_size")
         check(self.quantization_method == "rtn" or self.tp_size == 1,

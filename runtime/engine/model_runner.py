@@ -143,9 +143,13 @@ class ModelRunner:
         """Quantized from the checkpoint's float32 values (a GGUF's Q4_0/Q4_1 values are
         exact there, so int4 at group 32 gets back its blocks), then the rest is cast."""
         cfg = self.cfg
-        if self.device != "cpu":
-            raise ValueError(f"--quantization {cfg.quantization} runs on CPU only (its kernels are CPU ones); "
-                             f"this engine is on {self.device}")
+        methods = {cfg.quantization, cfg.lm_head_quantization} - {"none"}
+        if self.device != "cpu" and methods != {"fp8"}:
+            raise ValueError(f"--quantization int8/int4 runs on CPU only (its kernels are CPU ones; fp8 runs on "
+                             f"CUDA); this engine is on {self.device}")
+        if self.device == "cpu" and "fp8" in methods:
+            logger.warning("fp8 on CPU runs torch's reference _scaled_mm loop, far slower than unquantized: "
+                           "for tests; use int8 or int4 on CPU")
         model = load_model(model_path, self.model_config, torch.float32, self.device, self.tp)
         rounded = None
         if cfg.quantization_method == "gptq":

@@ -2,10 +2,10 @@
 built by cpu_extension.py), with a torch reference of the same contract.
 
 The torch path gathers every row's K and V into a padded copy per layer per step (written,
-then read again); these read each key once from the pool instead.
+then read again); this reads each key once from the pool instead, and runs the scores, their
+softmax and the weighted sum as one op (float32 inside):
 
-    scores = paged_scores(q, k_buf, idx, lens, scale)      # float32 [R, H, W], -inf past lens
-    out = paged_weighted_sum(softmax(scores), v_buf, idx, lens)   # [R, H, D]
+    out = paged_decode_attention(q, k_buf, v_buf, idx, lens, scale)   # [R, H, D]
 
 q [R, H, D] (last dim contiguous), k_buf/v_buf [Hkv, S, D] contiguous, idx int64 [R, W]
 (row r's slots in position order), lens int64 [R] <= W. Each row is computed on its own,
@@ -19,12 +19,13 @@ import torch
 from runtime.kernels.cpu_extension import extension
 
 
-def paged_scores(q, k_buf, idx, lens, scale: float) -> torch.Tensor:
-    return extension().paged_scores(q, k_buf, idx, lens, scale)
+def paged_decode_attention(q, k_buf, v_buf, idx, lens, scale: float) -> torch.Tensor:
+    return extension().paged_decode_attention(q, k_buf, v_buf, idx, lens, scale)
 
 
-def paged_weighted_sum(probs, v_buf, idx, lens) -> torch.Tensor:
-    return extension().paged_weighted_sum(probs, v_buf, idx, lens)
+def paged_decode_attention_reference(q, k_buf, v_buf, idx, lens, scale: float) -> torch.Tensor:
+    probs = torch.softmax(paged_scores_reference(q, k_buf, idx, lens, scale), dim=-1)
+    return paged_weighted_sum_reference(probs, v_buf, idx, lens)
 
 
 def paged_scores_reference(q, k_buf, idx, lens, scale: float) -> torch.Tensor:

@@ -199,9 +199,8 @@ class TorchNativeBackend(AttentionBackend):
         pool.write(layer_id, fb.out_cache_loc, k, v)
         if isinstance(md, SlotRowsMetadata):  # q: [R, H, D], one row per new token
             q = q if q.stride(-1) == 1 else q.contiguous()
-            scores = cpu_attention.paged_scores(q, pool.k_buffers[layer_id], md.kv_indices, md.kv_lens, self.scale)
-            probs = torch.softmax(scores, dim=-1)  # float32 [R, H, W]
-            out = cpu_attention.paged_weighted_sum(probs, pool.v_buffers[layer_id], md.kv_indices, md.kv_lens)
+            out = cpu_attention.paged_decode_attention(q, pool.k_buffers[layer_id], pool.v_buffers[layer_id],
+                                                       md.kv_indices, md.kv_lens, self.scale)
             return out.view(q.shape[0], -1)  # [R, H * D]
         hkv, g = self.num_kv_heads, self.num_heads // self.num_kv_heads
         b = md.kv_flat.numel() // (hkv * md.max_kv)  # requests (decode: padded rows included)

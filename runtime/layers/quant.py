@@ -1,4 +1,5 @@
-"""Weight-only quantized linear layers for CPU decoding (int8 per channel or group, int4 per group).
+"""Quantized linear layers: weight-only for CPU decoding (int8 per channel or group, int4 per
+group), and fp8 weights and activations (Fp8Linear) for CUDA.
 
 Decode reads every weight once per step, so on CPU its time follows the weights' bytes.
 Each layout runs a kernel up to KERNEL_MAX_ROWS rows and dequantize-then-matmul above:
@@ -272,6 +273,55 @@ class Int4Linear(QuantizedLinear):
         return self.q4.numel() + 8 * self.scale.numel() + torch_kernel
 
 
+class Fp8Linear(QuantizedLinear):
+    """fp8 weights and activations (W8A8, e4m3): q float8_e4m3fn [out, in] with one float32
+    scale per output row (max |w| / 448, e4m3's largest value); each activation row rounded
+    to e4m3 at run time with its own scale (max |x| / 448), so a row's bits do not depend on
+    the rows beside it. y = (x8 sx) (q sw)^T + b through torch._scaled_mm at every row count:
+    on CUDA (compute capability 8.9+: L4, H100) a tensor-core fp8 GEMM reading half of bf16's
+    weight bytes; on CPU torch 2.13 has only a reference loop (one row of a 3072x576 layer
+    ~13 ms: tests only, the engine warns)."""
+
+    E4M3_MAX = 448.0
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        super().__init__(q.shape[0], q.shape[1], bias)
+        if q.dtype != torch.float8_e4m3fn or self.in_features % 16 or self.out_features % 16:
+            raise ValueError(f"fp8 needs float8_e4m3fn weights with in and out features divisible by 16 "
+                             f"(_scaled_mm's tiles); got {q.dtype} [{self.out_features}, {self.in_features}]")
+        self.q = q.contiguous()  # [out, in]; q.t() is the column-major operand _scaled_mm takes
+        self.scale = scale.float().reshape(1, -1).contiguous()  # [1, out]
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Fp8Linear:
+        w = weight.detach().float()
+        scale = w.abs().amax(dim=1).clamp_min(1e-12) / cls.E4M3_MAX
+        return cls((w / scale[:, None]).clamp_(-cls.E4M3_MAX, cls.E4M3_MAX).to(torch.float8_e4m3fn), scale, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).float().contiguous()
+        rows, pad = flat.shape[0], -flat.shape[0] % 16  # rows padded to _scaled_mm's tiles (dropped below)
+        x_scale = flat.new_ones(rows + pad, 1)  # [R + pad, 1], strides (1, 1) as _scaled_mm checks
+        x_scale[:rows, 0] = flat.abs().amax(dim=1).clamp_min(1e-12) / self.E4M3_MAX
+        x8 = torch.zeros(rows + pad, self.in_features, dtype=torch.float8_e4m3fn, device=x.device)
+        x8[:rows] = flat / x_scale[:rows]
+        # bf16 out: the one output dtype of CUDA's row-wise scaled GEMM
+        out = torch._scaled_mm(x8, self.q.t(), scale_a=x_scale, scale_b=self.scale, out_dtype=torch.bfloat16)
+        out = out[:rows].to(x.dtype)
+        if self.bias is not None:
+            out = out + self.bias.to(x.dtype)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return (self.q.float() * self.scale.T).to(dtype)
+
+    def weight_bytes(self) -> int:
+        return self.q.numel() + 4 * self.scale.numel()
+
+    def storage_bytes(self) -> int:
+        return self.weight_bytes()
+
+
 def _aligned(t: torch.Tensor) -> torch.Tensor:
     """`t`, copied where its data is not 64-byte aligned (a tensor read from a safetensors
     file can start at any byte): torch 2.13's int8 kernel crashes on such weights (AVX512)."""
@@ -303,6 +353,10 @@ def quantize_linear(linear: nn.Module, method: str, group_size: int | None,
         return Int8Linear.from_float(weight, bias, group_size or 0)
     if method == "int4":
         return Int4Linear.from_float(weight, bias, group_size or 32)
+    if method == "fp8":
+        if group_size:
+            raise ValueError(f"fp8 has one scale per output row: no group size (got {group_size})")
+        return Fp8Linear.from_float(weight, bias)
     raise ValueError(f"unknown quantization {method!r}; one of {QUANTIZATIONS}")
 
 

@@ -17,30 +17,45 @@ def test_the_extension_builds_here():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("heads,kv_heads,dim", [(9, 3, 64), (4, 4, 16), (8, 2, 128)])
-def test_kernels_match_references(dtype, heads, kv_heads, dim):
+def test_kernel_matches_reference(dtype, heads, kv_heads, dim):
     torch.manual_seed(heads * dim)
-    slots, rows, width = 700, 5, 192
+    slots, rows, width = 700, 6, 192
     k_buf, v_buf = (torch.randn(kv_heads, slots, dim).to(dtype) for _ in range(2))
-    q = torch.randn(rows, heads + kv_heads, dim).to(dtype)[:, :heads]  # a strided view, as the model passes
+    q = (3 * torch.randn(rows, heads + kv_heads, dim)).to(dtype)[:, :heads]  # a strided view, as the model passes
     idx = torch.randint(0, slots, (rows, width))
-    lens = torch.tensor([1, 7, 64, 150, width])
-    scores = cpu_attention.paged_scores(q, k_buf, idx, lens, 0.125)
-    want = cpu_attention.paged_scores_reference(q, k_buf, idx, lens, 0.125)
-    assert torch.equal(scores.isinf(), want.isinf())  # -inf exactly past each row's keys
-    torch.testing.assert_close(scores.nan_to_num(0, 0, 0), want.nan_to_num(0, 0, 0), rtol=1e-5, atol=1e-5)
-    probs = torch.softmax(scores, dim=-1)
-    out = cpu_attention.paged_weighted_sum(probs, v_buf, idx, lens)
+    lens = torch.tensor([1, 7, 64, 150, 191, width])
+    out = cpu_attention.paged_decode_attention(q, k_buf, v_buf, idx, lens, 0.125)
     assert out.dtype == dtype and out.shape == (rows, heads, dim)
+    want = cpu_attention.paged_decode_attention_reference(q.double(), k_buf.double(), v_buf.double(), idx, lens, 0.125)
     tol = 1e-5 if dtype == torch.float32 else 1e-2
-    torch.testing.assert_close(out.float(), cpu_attention.paged_weighted_sum_reference(probs, v_buf, idx, lens).float(),
-                               rtol=tol, atol=tol)
+    torch.testing.assert_close(out.double(), want, rtol=tol, atol=tol)
+    # a row's bits do not depend on the rows beside it, nor on the padding of idx
+    for r in range(rows):
+        n = int(lens[r])
+        alone = cpu_attention.paged_decode_attention(q[r:r + 1], k_buf, v_buf, idx[r:r + 1, :max(n, 1)],
+                                                     lens[r:r + 1], 0.125)
+        assert torch.equal(alone[0], out[r])
+
+
+def test_softmax_exp_is_accurate_far_out():
+    """Scores that differ by up to ~100: the in-kernel exp underflows to 0 where it should,
+    and the largest weights are right to float32 rounding."""
+    q = torch.zeros(1, 1, 16)
+    q[0, 0, 0] = 1.0
+    k_buf = torch.zeros(1, 64, 16)
+    k_buf[0, :, 0] = torch.linspace(-100, 3, 64)
+    v_buf = torch.randn(1, 64, 16)
+    idx, lens = torch.arange(64)[None], torch.tensor([64])
+    out = cpu_attention.paged_decode_attention(q, k_buf, v_buf, idx, lens, 1.0)
+    want = cpu_attention.paged_decode_attention_reference(q.double(), k_buf.double(), v_buf.double(), idx, lens, 1.0)
+    torch.testing.assert_close(out.double(), want, rtol=1e-6, atol=1e-6)
 
 
 def test_bad_lengths_are_refused():
     k_buf = torch.zeros(1, 10, 8)
     with pytest.raises(RuntimeError, match="outside"):
-        cpu_attention.paged_scores(torch.zeros(1, 1, 8), k_buf, torch.zeros(1, 4, dtype=torch.int64),
-                                   torch.tensor([5]), 1.0)
+        cpu_attention.paged_decode_attention(torch.zeros(1, 1, 8), k_buf, k_buf, torch.zeros(1, 4, dtype=torch.int64),
+                                             torch.tensor([5]), 1.0)
 
 
 def _decode_batch(kv_indices, seq_lens, out_cache_loc):

@@ -7,7 +7,7 @@ import torch
 
 from runtime.kernels import cpu_extension
 from runtime.layers import quant
-from runtime.layers.quant import Int4Linear, Int8Linear
+from runtime.layers.quant import Fp8Linear, Int4Linear, Int8Linear
 
 # the kernels' error vs the float64 product of the same quantized weight, relative to the
 # output's largest entry, by the dtype they compute in (torch's kernels run float32 models in
@@ -214,3 +214,32 @@ def test_int8_per_channel_dequantizes_any_width():
     layer = Int8Linear.from_float(_weight(16, 48))
     assert torch.equal(layer.dequantize(), layer.dequantize_torch())
     assert (layer.dequantize() - _weight(16, 48)).abs().max() < 0.01
+
+
+def test_fp8_layer_is_the_product_of_its_rounded_operands_and_batch_invariant():
+    """W8A8 e4m3: the output is the float64 product of the e4m3 weights (times their row
+    scales) and each activation row rounded to e4m3 with its own scale, to the bf16 rounding
+    of the output; against the float weights, within e4m3's 3 mantissa bits. A row's bits
+    do not depend on the rows beside it (its scale is its own)."""
+    w, bias = _weight(), torch.randn(96) * 0.1
+    layer = Fp8Linear.from_float(w, bias)
+    assert layer.q.dtype == torch.float8_e4m3fn and layer.weight_bytes() == 96 * 256 + 4 * 96
+    x = torch.randn(21, 256)
+    got = layer(x).double()
+    scale = x.abs().amax(dim=1, keepdim=True) / 448
+    x8 = (x / scale).to(torch.float8_e4m3fn).double() * scale.double()
+    exact = x8 @ layer.dequantize(torch.float64).T + bias.double()
+    assert (got - exact).abs().max() <= 1e-2 * exact.abs().max()  # bf16 output
+    want = x.double() @ w.double().T + bias.double()
+    assert (got - want).abs().max() <= 0.1 * want.abs().max()
+    assert (layer.dequantize() - w).abs().max() <= w.abs().max() / 16  # half a step of 3 mantissa bits
+    alone = torch.cat([layer(x[i:i + 1]) for i in range(len(x))])
+    assert torch.equal(alone, layer(x))
+    assert layer(x.to(torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_fp8_refuses_shapes_its_gemm_cannot_tile():
+    with pytest.raises(ValueError, match="divisible by 16"):
+        Fp8Linear.from_float(torch.randn(24, 256))
+    with pytest.raises(ValueError, match="no group size"):
+        quant.quantize_linear(torch.nn.Linear(256, 96), "fp8", 32)

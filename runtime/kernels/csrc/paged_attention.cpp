@@ -7,12 +7,13 @@
 //   lens     int64 [R]        keys each row sees (<= W)
 // Query head h reads KV head h / G, G = H / Hkv.
 //
-// paged_scores      -> float32 [R, H, W]: scale * q . k for the row's keys, -inf past lens[r]
-// paged_weighted_sum(probs [R, H, W] float32) -> [R, H, D] in v's dtype: sum_t probs[r, h, t] * v[idx[r, t]]
-// The softmax between them is torch's. Each (row, KV head) is one task: a row's bits do not
-// depend on the other rows of the batch, nor on W (padding past lens is never read).
-// Registered as torch.ops.radixflow.paged_scores / paged_weighted_sum (no pybind: the
-// light headers below compile in a fraction of torch/extension.h's time).
+// paged_decode_attention(q, k_buf, v_buf, idx, lens, scale) -> [R, H, D] in q's dtype:
+//     softmax_t(scale q . k[idx[r, t]]) . v[idx[r, t]] over t < lens[r], in float32, one op
+//     per layer (scores, softmax and weighted sum fused: no [R, H, W] tensor, no torch ops
+//     between them). Each (row, KV head) is one task: a row's bits do not depend on the
+//     other rows of the batch, nor on W (padding past lens is never read).
+// Registered as torch.ops.radixflow.paged_decode_attention (no pybind: the light headers
+// below compile in a fraction of torch/extension.h's time).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -21,6 +22,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -38,14 +41,37 @@ inline void prefetch_row(const T* row, int64_t D) {
     __builtin_prefetch(reinterpret_cast<const char*>(row) + i);
 }
 
-// kD: the head dim when known at compile time (the loops then unroll fully), 0 for any D
+// exp(x) for x <= 0 (a score minus its row's max), in plain float code that `omp simd`
+// vectorizes for any ISA: x log2(e) = n + f with |f| <= 1/2, 2^f by its Taylor polynomial of
+// degree 6 (relative error < 2e-7), 2^n put in the exponent bits; 0 below -87.
+inline float exp_nonpositive(float x) {
+  const float t = std::max(x, -87.0f) * 1.44269504088896341f;
+  const float n = std::floor(t + 0.5f);
+  const float f = (t - n) * 0.693147180559945309f;  // 2^(t - n) = e^f, |f| <= ln2 / 2
+  float p = 1.f / 720;
+  p = p * f + 1.f / 120;
+  p = p * f + 1.f / 24;
+  p = p * f + 1.f / 6;
+  p = p * f + 0.5f;
+  p = p * f + 1.f;
+  p = p * f + 1.f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float two_n;
+  std::memcpy(&two_n, &bits, sizeof two_n);
+  return p * two_n;
+}
+
+// One task per (row, KV head): its G query heads' scores over the row's n keys, their
+// softmax, and the weighted sum of the values, all in float32 in the task's own buffers;
+// each key and value row is widened to float32 once and used for the G heads.
+// kD: the head dim when known at compile time (the loops then unroll fully), 0 for any D.
 template <typename T, int64_t kD>
-void scores_kernel(const T* q, const T* k, const int64_t* idx, const int64_t* lens, float* out,
-                   int64_t R, int64_t H, int64_t Hkv, int64_t d_runtime, int64_t S, int64_t W,
-                   int64_t q_stride_r, int64_t q_stride_h, int64_t idx_stride, float scale) {
+void decode_attention_kernel(const T* q, const T* k, const T* v, const int64_t* idx, const int64_t* lens, T* out,
+                             int64_t R, int64_t H, int64_t Hkv, int64_t d_runtime, int64_t S, int64_t W,
+                             int64_t q_stride_r, int64_t q_stride_h, int64_t idx_stride, float scale) {
   const int64_t G = H / Hkv, D = kD ? kD : d_runtime;
   at::parallel_for(0, R * Hkv, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> qf(G * D);
+    std::vector<float> qf(G * D), row(D), acc(G * D), p(G * W), inv_sum(G);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t r = task / Hkv, kvh = task % Hkv;
       for (int64_t g = 0; g < G; ++g) {
@@ -55,50 +81,47 @@ void scores_kernel(const T* q, const T* k, const int64_t* idx, const int64_t* le
       const int64_t n = lens[r];
       const int64_t* slots = idx + r * idx_stride;
       const T* kh = k + kvh * S * D;
-      float* o = out + (r * H + kvh * G) * W;
-      for (int64_t t = 0; t < n; ++t) {
+      const T* vh = v + kvh * S * D;
+      for (int64_t t = 0; t < n; ++t) {  // scores: p[g, t] = scale q_g . k_t
         if (t + kAhead < n) prefetch_row(kh + slots[t + kAhead] * D, D);
         const T* krow = kh + slots[t] * D;
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) row[d] = as_float(krow[d]);
         for (int64_t g = 0; g < G; ++g) {
           const float* qg = qf.data() + g * D;
-          float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-          for (int64_t d = 0; d < D; ++d) acc += qg[d] * as_float(krow[d]);
-          o[g * W + t] = acc;
+          float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+          for (int64_t d = 0; d < D; ++d) dot += qg[d] * row[d];
+          p[g * W + t] = dot;
         }
       }
-      for (int64_t g = 0; g < G; ++g)
-        for (int64_t t = n; t < W; ++t) o[g * W + t] = -std::numeric_limits<float>::infinity();
-    }
-  });
-}
-
-template <typename T, int64_t kD>
-void weighted_sum_kernel(const float* p, const T* v, const int64_t* idx, const int64_t* lens, T* out,
-                         int64_t R, int64_t H, int64_t Hkv, int64_t d_runtime, int64_t S, int64_t W,
-                         int64_t idx_stride) {
-  const int64_t G = H / Hkv, D = kD ? kD : d_runtime;
-  at::parallel_for(0, R * Hkv, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> acc(G * D);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t r = task / Hkv, kvh = task % Hkv;
+      for (int64_t g = 0; g < G; ++g) {  // softmax numerators, and 1 / their sum
+        float* pg = p.data() + g * W;
+        float max = -std::numeric_limits<float>::infinity(), sum = 0.f;
+        for (int64_t t = 0; t < n; ++t) max = std::max(max, pg[t]);
+#pragma omp simd reduction(+ : sum)
+        for (int64_t t = 0; t < n; ++t) {
+          pg[t] = exp_nonpositive(pg[t] - max);
+          sum += pg[t];
+        }
+        inv_sum[g] = n ? 1.f / sum : 0.f;
+      }
       std::fill(acc.begin(), acc.end(), 0.f);
-      const int64_t n = lens[r];
-      const int64_t* slots = idx + r * idx_stride;
-      const T* vh = v + kvh * S * D;
-      const float* pr = p + (r * H + kvh * G) * W;
-      for (int64_t t = 0; t < n; ++t) {
+      for (int64_t t = 0; t < n; ++t) {  // acc[g] = sum_t p[g, t] v_t
         if (t + kAhead < n) prefetch_row(vh + slots[t + kAhead] * D, D);
         const T* vrow = vh + slots[t] * D;
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) row[d] = as_float(vrow[d]);
         for (int64_t g = 0; g < G; ++g) {
-          const float w = pr[g * W + t];
+          const float w = p[g * W + t];
           float* a = acc.data() + g * D;
 #pragma omp simd
-          for (int64_t d = 0; d < D; ++d) a[d] += w * as_float(vrow[d]);
+          for (int64_t d = 0; d < D; ++d) a[d] += w * row[d];
         }
       }
       T* o = out + (r * H + kvh * G) * D;
-      for (int64_t i = 0; i < G * D; ++i) o[i] = static_cast<T>(acc[i]);
+      for (int64_t g = 0; g < G; ++g)
+        for (int64_t d = 0; d < D; ++d) o[g * D + d] = static_cast<T>(acc[g * D + d] * inv_sum[g]);
     }
   });
 }
@@ -125,47 +148,32 @@ void check(const at::Tensor& buf, const at::Tensor& idx, const at::Tensor& lens,
 
 }  // namespace
 
-at::Tensor paged_scores(at::Tensor q, at::Tensor k_buf, at::Tensor idx, at::Tensor lens, double scale) {
+at::Tensor paged_decode_attention(at::Tensor q, at::Tensor k_buf, at::Tensor v_buf, at::Tensor idx, at::Tensor lens,
+                                  double scale) {
   TORCH_CHECK(q.dim() == 3 && q.stride(2) == 1, "q: [R, H, D], last dim contiguous");
   check(k_buf, idx, lens, q.size(0));
-  TORCH_CHECK(q.scalar_type() == k_buf.scalar_type(), "q and the KV buffer: one dtype");
+  check(v_buf, idx, lens, q.size(0));
+  TORCH_CHECK(q.scalar_type() == k_buf.scalar_type() && q.scalar_type() == v_buf.scalar_type(),
+              "q and the KV buffers: one dtype");
   const int64_t R = q.size(0), H = q.size(1), D = q.size(2), Hkv = k_buf.size(0), W = idx.size(1);
-  TORCH_CHECK(k_buf.size(2) == D && H % Hkv == 0, "q heads must be a multiple of the KV heads, same D");
-  auto out = at::empty({R, H, W}, q.options().dtype(at::kFloat));
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, q.scalar_type(), "paged_scores", [&] {
+  TORCH_CHECK(k_buf.sizes() == v_buf.sizes() && k_buf.size(2) == D && H % Hkv == 0,
+              "q heads must be a multiple of the KV heads, K and V [Hkv, S, D] alike");
+  auto out = at::empty({R, H, D}, q.options().memory_format(at::MemoryFormat::Contiguous));
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, q.scalar_type(), "paged_decode_attention", [&] {
     with_head_dim(D, [&](auto dim) {
-      scores_kernel<scalar_t, decltype(dim)::value>(
-          q.data_ptr<scalar_t>(), k_buf.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), lens.data_ptr<int64_t>(),
-          out.data_ptr<float>(), R, H, Hkv, D, k_buf.size(1), W, q.stride(0), q.stride(1), idx.stride(0),
-          static_cast<float>(scale));
-    });
-  });
-  return out;
-}
-
-at::Tensor paged_weighted_sum(at::Tensor probs, at::Tensor v_buf, at::Tensor idx, at::Tensor lens) {
-  TORCH_CHECK(probs.dim() == 3 && probs.is_contiguous() && probs.scalar_type() == at::kFloat,
-              "probs: contiguous float32 [R, H, W]");
-  check(v_buf, idx, lens, probs.size(0));
-  const int64_t R = probs.size(0), H = probs.size(1), W = probs.size(2), Hkv = v_buf.size(0), D = v_buf.size(2);
-  TORCH_CHECK(idx.size(1) == W && H % Hkv == 0, "probs [R, H, W] vs idx [R, W]");
-  auto out = at::empty({R, H, D}, v_buf.options());
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, v_buf.scalar_type(), "paged_weighted_sum", [&] {
-    with_head_dim(D, [&](auto dim) {
-      weighted_sum_kernel<scalar_t, decltype(dim)::value>(
-          probs.data_ptr<float>(), v_buf.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), lens.data_ptr<int64_t>(),
-          out.data_ptr<scalar_t>(), R, H, Hkv, D, v_buf.size(1), W, idx.stride(0));
+      decode_attention_kernel<scalar_t, decltype(dim)::value>(
+          q.data_ptr<scalar_t>(), k_buf.data_ptr<scalar_t>(), v_buf.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(),
+          lens.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), R, H, Hkv, D, k_buf.size(1), W, q.stride(0),
+          q.stride(1), idx.stride(0), static_cast<float>(scale));
     });
   });
   return out;
 }
 
 TORCH_LIBRARY(radixflow, m) {
-  m.def("paged_scores(Tensor q, Tensor k_buf, Tensor idx, Tensor lens, float scale) -> Tensor");
-  m.def("paged_weighted_sum(Tensor probs, Tensor v_buf, Tensor idx, Tensor lens) -> Tensor");
+  m.def("paged_decode_attention(Tensor q, Tensor k_buf, Tensor v_buf, Tensor idx, Tensor lens, float scale) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(radixflow, CPU, m) {
-  m.impl("paged_scores", &paged_scores);
-  m.impl("paged_weighted_sum", &paged_weighted_sum);
+  m.impl("paged_decode_attention", &paged_decode_attention);
 }

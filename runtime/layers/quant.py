@@ -4,13 +4,14 @@ group), and fp8 weights and activations (Fp8Linear) for CUDA.
 Decode reads every weight once per step, so on CPU its time follows the weights' bytes.
 Each layout runs a kernel up to KERNEL_MAX_ROWS rows and dequantize-then-matmul above:
   - our own kernels (csrc/quant_linear.cpp, AVX2 + FMA, or AVX-512), computing in float32
-    with float32 scales, for float32 and bf16 activations alike: on a Zen 5 EPYC they are
-    as fast as torch's for bf16 (a decode step of the default model: int8 7.6-7.9 ms vs
-    7.9-8.6, int4 6.2 vs 6.4), and closer to the checkpoint (mean KL to the bf16 model,
-    int4: 0.0022 vs 0.0024); torch has no int8 kernel with a scale per group at all;
-  - where ours did not build: torch's CPU kernels, which are vectorized for bf16
-    activations only, so a float32 model then runs them in bf16 (KERNEL_DTYPES), with
-    bf16 scales, which costs accuracy (`radixflow bench quant` records both).
+    with float32 scales: for float32 activations, and for bf16 ones with int8 layers (per
+    channel as fast as torch's kernel on an AVX-512 EPYC: a SmolLM2 decode step 7.6-7.9 ms
+    vs 7.9-8.6, 32 rows of a 3072x576 layer 419 vs 365 us; torch has no int8 kernel with a
+    scale per group at all);
+  - torch's CPU kernels elsewhere: int4 with bf16 activations (1.6x faster than ours at
+    4-32 rows), and where ours did not build. They are vectorized for bf16 activations only,
+    so a float32 model then runs them in bf16 (KERNEL_DTYPES), with bf16 scales, which
+    costs accuracy (`radixflow bench quant` records both).
 Kernels' time grows with the rows much faster than a matmul's (`radixflow bench quant`
 records it per shape). Up to 32 rows the kernel wins for nearly every shape, and 32 is
 also the most tokens a decode or verify step carries (speculative.STEP_TOKEN_BUDGET):
@@ -57,7 +58,8 @@ OUR_KERNEL_IO = (torch.float32, torch.bfloat16)  # activations our kernels take 
 class QuantizedLinear(nn.Module):
     """y = x W^T + b with W held quantized; x: [..., in] -> [..., out]."""
 
-    OUR_KERNEL = ""  # the torch.ops.radixflow op for float32 activations
+    OUR_KERNEL = ""  # the torch.ops.radixflow op (float32 compute)
+    OURS_FOR_BF16 = True  # bf16 activations too run ours (else torch's kernel, where it has one)
 
     def __init__(self, out_features: int, in_features: int, bias: torch.Tensor | None) -> None:
         super().__init__()
@@ -86,12 +88,12 @@ class QuantizedLinear(nn.Module):
         return out if x.dim() == 2 else out.reshape(*x.shape[:-1], self.out_features)
 
     def prepare(self, dtype: torch.dtype, ours: bool | None = None) -> None:
-        """Choose the kernel for `dtype` activations (or as `ours` says): ours where it built
-        (dtypes other than float32 and bf16 cast to float32 around it); else torch's in
-        KERNEL_DTYPES' dtype, with its scales cast once."""
+        """Choose the kernel for `dtype` activations (or as `ours` says): ours where it built,
+        for float32, and for other dtypes where OURS_FOR_BF16 (cast to float32 around it
+        unless bf16); else torch's in KERNEL_DTYPES' dtype, with its scales cast once."""
         built = cpu_extension.has_op(self.OUR_KERNEL)  # (builds the extension on first use)
         if ours is None:
-            ours = built and self.in_features % 32 == 0
+            ours = built and self.in_features % 32 == 0 and (dtype == torch.float32 or self.OURS_FOR_BF16)
         elif ours and not built:
             raise RuntimeError(f"torch.ops.radixflow.{self.OUR_KERNEL} is not built on this machine")
         self._dtype = dtype
@@ -201,6 +203,9 @@ class Int8Linear(QuantizedLinear):
 
 class Int4Linear(QuantizedLinear):
     OUR_KERNEL = "int4_linear"
+    # torch's int4 kernel on bf16 activations: as fast at one row, 1.6x faster at 4-32 rows
+    # (AVX-512 EPYC, 3072x576: 4 rows 46 vs 73 us, 32 rows 330 vs 545 us)
+    OURS_FOR_BF16 = False
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int,
                  bias: torch.Tensor | None = None) -> None:

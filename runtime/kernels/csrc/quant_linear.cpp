@@ -28,6 +28,8 @@
 #if defined(__AVX2__) && defined(__FMA__)  // else the ops are not registered and the layers keep torch's kernels
 #include <immintrin.h>
 
+#include <algorithm>
+
 namespace {
 
 constexpr int64_t kAheadBytes = 4096;  // how far ahead weights are prefetched, at least
@@ -255,26 +257,37 @@ at::Tensor output(const at::Tensor& x, int64_t N, Fill&& fill) {
 
 // tile(NB, RB, n0, r0) over every output and row, outputs split across threads: fewer than 4
 // rows in tiles of 4 outputs x 1 row, more in tiles of 1 output x 4 rows (8 accumulators either
-// way: no register spills); the last outputs one at a time
+// way: no register spills); the last outputs one at a time. Every row tile passes over a block
+// of kBlock tiles before the next block: the block's weights stay in L1 while the rows go by,
+// and x (up to 32 rows of K floats, more than L1) is read once per block, not once per output.
 template <typename Tile>
 void tiles(int64_t R, int64_t N, Tile&& tile) {
+  constexpr int64_t kBlock = 16;
   auto over = [&](auto nb, auto rb) {
     constexpr int64_t NB = decltype(nb)::value;
     const int64_t full = N / NB;
     constexpr int64_t RB = decltype(rb)::value;
-    at::parallel_for(0, full + (N % NB ? 1 : 0), 16, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) {
-        if (t < full) {
-          rows<RB>(R, [&](auto row_tile, int64_t r0) { tile(nb, row_tile, t * NB, r0); });
-        } else {  // the last N % NB outputs
-          for (int64_t n0 = full * NB; n0 < N; ++n0)
-            rows<RB>(R, [&](auto row_tile, int64_t r0) { tile(std::integral_constant<int64_t, 1>{}, row_tile, n0, r0); });
-        }
+    at::parallel_for(0, full + (N % NB ? 1 : 0), kBlock, [&](int64_t begin, int64_t end) {
+      for (int64_t block = begin; block < end; block += kBlock) {
+        const int64_t block_end = std::min(end, block + kBlock);
+        rows<RB>(R, [&](auto row_tile, int64_t r0) {
+          for (int64_t t = block; t < block_end; ++t) {
+            if (t < full) {
+              tile(nb, row_tile, t * NB, r0);
+            } else {  // the last N % NB outputs
+              for (int64_t n0 = full * NB; n0 < N; ++n0) tile(std::integral_constant<int64_t, 1>{}, row_tile, n0, r0);
+            }
+          }
+        });
       }
     });
   };
   if (R < 4) over(std::integral_constant<int64_t, 4>{}, std::integral_constant<int64_t, 1>{});
+#if defined(__AVX512F__)  // 32 vector registers: 2 outputs x 4 rows (16 accumulators), each x load used twice
+  else over(std::integral_constant<int64_t, 2>{}, std::integral_constant<int64_t, 4>{});
+#else
   else over(std::integral_constant<int64_t, 1>{}, std::integral_constant<int64_t, 4>{});
+#endif
 }
 
 at::Tensor int8_linear(at::Tensor x, at::Tensor q, at::Tensor scale, c10::optional<at::Tensor> shift, int64_t g) {

@@ -134,13 +134,16 @@ void with_head_dim(int64_t D, F&& f) {
   else f(std::integral_constant<int64_t, 0>{});
 }
 
-void check(const at::Tensor& buf, const at::Tensor& idx, const at::Tensor& lens, int64_t rows) {
-  TORCH_CHECK(buf.dim() == 3 && buf.is_contiguous(), "KV buffer: contiguous [Hkv, slots, D]");
+void check(const at::Tensor& k_buf, const at::Tensor& v_buf, const at::Tensor& idx, const at::Tensor& lens,
+           int64_t rows) {
+  for (const at::Tensor* buf : {&k_buf, &v_buf})
+    TORCH_CHECK(buf->dim() == 3 && buf->is_contiguous() && buf->device().is_cpu(),
+                "KV buffers: contiguous CPU [Hkv, slots, D]");
   TORCH_CHECK(idx.dim() == 2 && idx.size(0) == rows && idx.stride(1) == 1 && idx.scalar_type() == at::kLong,
               "idx: int64 [R, W], last dim contiguous");
   TORCH_CHECK(lens.dim() == 1 && lens.size(0) == rows && lens.is_contiguous() && lens.scalar_type() == at::kLong,
               "lens: contiguous int64 [R]");
-  TORCH_CHECK(buf.device().is_cpu() && idx.device().is_cpu() && lens.device().is_cpu(), "CPU tensors only");
+  TORCH_CHECK(idx.device().is_cpu() && lens.device().is_cpu(), "CPU tensors only");
   const int64_t* n = lens.data_ptr<int64_t>();
   for (int64_t r = 0; r < rows; ++r)
     TORCH_CHECK(n[r] >= 0 && n[r] <= idx.size(1), "lens[", r, "] = ", n[r], " is outside [0, W = ", idx.size(1), "]");
@@ -151,8 +154,7 @@ void check(const at::Tensor& buf, const at::Tensor& idx, const at::Tensor& lens,
 at::Tensor paged_decode_attention(at::Tensor q, at::Tensor k_buf, at::Tensor v_buf, at::Tensor idx, at::Tensor lens,
                                   double scale) {
   TORCH_CHECK(q.dim() == 3 && q.stride(2) == 1, "q: [R, H, D], last dim contiguous");
-  check(k_buf, idx, lens, q.size(0));
-  check(v_buf, idx, lens, q.size(0));
+  check(k_buf, v_buf, idx, lens, q.size(0));
   TORCH_CHECK(q.scalar_type() == k_buf.scalar_type() && q.scalar_type() == v_buf.scalar_type(),
               "q and the KV buffers: one dtype");
   const int64_t R = q.size(0), H = q.size(1), D = q.size(2), Hkv = k_buf.size(0), W = idx.size(1);

@@ -15,7 +15,7 @@
 // scale and shift float32, all contiguous; K a multiple of 16 (int8) or of g (int4, g a multiple of 32).
 //
 // Each output n is a task's own: the weights of a tile's outputs are widened to float once per
-// 8 k values and used for each of its rows (tiles: see `tiles`). A (row, output) pair always sums its k in the same
+// W k values (Vec: 8, or 16 with AVX-512) and used for each of its rows (tiles: see `tiles`). A (row, output) pair always sums its k in the same
 // order with its own accumulator, so its bits do not depend on R or on which rows are beside
 // it: a verified token gets exactly what a decode step would give it.
 #include <ATen/Parallel.h>
@@ -38,20 +38,53 @@ constexpr int64_t kAheadBytes = 4096;  // how far ahead weights are prefetched, 
 // number of tiles, so each 64 bytes read prefetch the same place in a tile ahead: every line once.
 inline int64_t ahead_bytes(int64_t tile_bytes) { return tile_bytes * ((kAheadBytes + tile_bytes - 1) / tile_bytes); }
 
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
+// The float vector the tiles are written in: 16 wide where the CPU has AVX-512 (a Zen 5 core
+// runs a 16-wide FMA as fast as an 8-wide one: twice the weights per instruction), else 8
+// (AVX2). Sums alternate between two accumulators per W k values, so bits differ between
+// machines with and without AVX-512, but not between batches on one machine.
+#if defined(__AVX512F__)
+struct Vec {
+  static constexpr int64_t W = 16;
+  using T = __m512;
+  static T zero() { return _mm512_setzero_ps(); }
+  static T set1(float v) { return _mm512_set1_ps(v); }
+  static T load(const float* p) { return _mm512_loadu_ps(p); }
+  static T fmadd(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
+  static float sum(T a, T b) { return _mm512_reduce_add_ps(_mm512_add_ps(a, b)); }
+  static T int8s(const int8_t* p) {  // W int8 weights, as floats
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  // values [W part, W part + W) of a run of 32 nibbles: lo holds values 0..15, hi 16..31, one per byte
+  static T nibbles(__m128i lo, __m128i hi, int64_t part) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(part == 0 ? lo : hi));
+  }
+};
+#else
+struct Vec {
+  static constexpr int64_t W = 8;
+  using T = __m256;
+  static T zero() { return _mm256_setzero_ps(); }
+  static T set1(float v) { return _mm256_set1_ps(v); }
+  static T load(const float* p) { return _mm256_loadu_ps(p); }
+  static T fmadd(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
+  static float sum(T a, T b) {
+    const T v = _mm256_add_ps(a, b);
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  static T int8s(const int8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+  static T nibbles(__m128i lo, __m128i hi, int64_t part) {
+    const __m128i bytes = part < 2 ? lo : hi;
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(part % 2 ? _mm_srli_si128(bytes, 8) : bytes));
+  }
+};
+#endif
 
-inline __m256 widen_int8(const int8_t* p) {
-  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
-}
-
-inline __m256 widen_uint8(__m128i bytes) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)); }
-
-// Accumulators: two per (row, output), for alternate runs of 8 k values, so that consecutive
+// Accumulators: two per (row, output), for alternate runs of W k values, so that consecutive
 // FMAs do not wait on each other; added before the final horizontal sum.
 
 // int8 tile: rows [r0, r0 + RB) x outputs [n0, n0 + NB); one scale per output (kGrouped false,
@@ -60,56 +93,59 @@ inline __m256 widen_uint8(__m128i bytes) { return _mm256_cvtepi32_ps(_mm256_cvte
 template <int64_t RB, int64_t NB, bool kGrouped, typename Out>
 void int8_tile(const float* x, const int8_t* q, const float* scale, const float* shift, Out* y, int64_t r0,
                int64_t n0, int64_t K, int64_t N, int64_t g) {
+  constexpr int64_t W = Vec::W;
   const int64_t groups = K / g, ahead = ahead_bytes(NB * K);
-  __m256 acc[2][RB][NB];
+  typename Vec::T acc[2][RB][NB];
   for (auto& a : acc)
     for (auto& row : a)
-      for (auto& v : row) v = _mm256_setzero_ps();
+      for (auto& v : row) v = Vec::zero();
   for (int64_t group = 0; group < groups; ++group) {
-    __m256 s[NB], m[NB];
+    typename Vec::T s[NB], m[NB];
     if constexpr (kGrouped)
       for (int64_t j = 0; j < NB; ++j) {
-        s[j] = _mm256_set1_ps(scale[(n0 + j) * groups + group]);
-        m[j] = _mm256_set1_ps(shift[(n0 + j) * groups + group]);
+        s[j] = Vec::set1(scale[(n0 + j) * groups + group]);
+        m[j] = Vec::set1(shift[(n0 + j) * groups + group]);
       }
-    for (int64_t k = group * g; k < (group + 1) * g; k += 16) {
-      for (int64_t half = 0; half < 2; ++half) {  // k + 8 half .. k + 8 half + 7
-        __m256 w[NB];
+    const int64_t end = (group + 1) * g;
+    for (int64_t k = group * g; k < end; k += 2 * W) {
+      for (int64_t half = 0; half < 2 && k + W * half < end; ++half) {  // k + W half .. k + W half + W - 1
+        typename Vec::T w[NB];
         for (int64_t j = 0; j < NB; ++j) {
-          const int8_t* row = q + (n0 + j) * K + k + 8 * half;
+          const int8_t* row = q + (n0 + j) * K + k + W * half;
           if (half == 0 && k % 64 == 0) _mm_prefetch(reinterpret_cast<const char*>(row) + ahead, _MM_HINT_T0);
-          w[j] = widen_int8(row);
-          if constexpr (kGrouped) w[j] = _mm256_fmadd_ps(w[j], s[j], m[j]);
+          w[j] = Vec::int8s(row);
+          if constexpr (kGrouped) w[j] = Vec::fmadd(w[j], s[j], m[j]);
         }
         for (int64_t r = 0; r < RB; ++r) {
-          const __m256 xv = _mm256_loadu_ps(x + (r0 + r) * K + k + 8 * half);
-          for (int64_t j = 0; j < NB; ++j) acc[half][r][j] = _mm256_fmadd_ps(xv, w[j], acc[half][r][j]);
+          const typename Vec::T xv = Vec::load(x + (r0 + r) * K + k + W * half);
+          for (int64_t j = 0; j < NB; ++j) acc[half][r][j] = Vec::fmadd(xv, w[j], acc[half][r][j]);
         }
       }
     }
   }
   for (int64_t r = 0; r < RB; ++r)
     for (int64_t j = 0; j < NB; ++j) {
-      const float sum = hsum(_mm256_add_ps(acc[0][r][j], acc[1][r][j]));
+      const float sum = Vec::sum(acc[0][r][j], acc[1][r][j]);
       y[(r0 + r) * N + n0 + j] = Out(kGrouped ? sum : sum * scale[n0 + j]);
     }
 }
 
-// int4 tile: as int8_tile, each 32 k values of an output widened to 4 float vectors w = q s + m
+// int4 tile: as int8_tile, each 32 k values of an output widened to 32 / W float vectors w = q s + m
 template <int64_t RB, int64_t NB, typename Out>
 void int4_tile(const float* x, const uint8_t* q4, const float* scale, const float* shift, Out* y, int64_t r0,
                int64_t n0, int64_t K, int64_t N, int64_t g) {
+  constexpr int64_t W = Vec::W;
   const int64_t groups = K / g, ahead = ahead_bytes(NB * K / 2);
   const __m128i low4 = _mm_set1_epi8(0x0F);
-  __m256 acc[2][RB][NB];
+  typename Vec::T acc[2][RB][NB];
   for (auto& a : acc)
     for (auto& row : a)
-      for (auto& v : row) v = _mm256_setzero_ps();
+      for (auto& v : row) v = Vec::zero();
   for (int64_t group = 0; group < groups; ++group) {
-    __m256 s[NB], m[NB];
+    typename Vec::T s[NB], m[NB];
     for (int64_t j = 0; j < NB; ++j) {
-      s[j] = _mm256_set1_ps(scale[(n0 + j) * groups + group]);
-      m[j] = _mm256_set1_ps(shift[(n0 + j) * groups + group]);
+      s[j] = Vec::set1(scale[(n0 + j) * groups + group]);
+      m[j] = Vec::set1(shift[(n0 + j) * groups + group]);
     }
     for (int64_t k = group * g; k < (group + 1) * g; k += 32) {
       __m128i lo[NB], hi[NB];  // k .. k + 15 and k + 16 .. k + 31 as bytes
@@ -120,115 +156,19 @@ void int4_tile(const float* x, const uint8_t* q4, const float* scale, const floa
         lo[j] = _mm_and_si128(b, low4);
         hi[j] = _mm_and_si128(_mm_srli_epi16(b, 4), low4);
       }
-      for (int64_t part = 0; part < 4; ++part) {  // k + 8 part .. k + 8 part + 7
-        __m256 w[NB];
-        for (int64_t j = 0; j < NB; ++j) {
-          const __m128i bytes = part < 2 ? lo[j] : hi[j];
-          w[j] = _mm256_fmadd_ps(widen_uint8(part % 2 ? _mm_srli_si128(bytes, 8) : bytes), s[j], m[j]);
-        }
+      for (int64_t part = 0; part < 32 / W; ++part) {  // k + W part .. k + W part + W - 1
+        typename Vec::T w[NB];
+        for (int64_t j = 0; j < NB; ++j) w[j] = Vec::fmadd(Vec::nibbles(lo[j], hi[j], part), s[j], m[j]);
         for (int64_t r = 0; r < RB; ++r) {
-          const __m256 xv = _mm256_loadu_ps(x + (r0 + r) * K + k + 8 * part);
-          for (int64_t j = 0; j < NB; ++j) acc[part % 2][r][j] = _mm256_fmadd_ps(xv, w[j], acc[part % 2][r][j]);
+          const typename Vec::T xv = Vec::load(x + (r0 + r) * K + k + W * part);
+          for (int64_t j = 0; j < NB; ++j) acc[part % 2][r][j] = Vec::fmadd(xv, w[j], acc[part % 2][r][j]);
         }
       }
     }
   }
   for (int64_t r = 0; r < RB; ++r)
-    for (int64_t j = 0; j < NB; ++j) y[(r0 + r) * N + n0 + j] = Out(hsum(_mm256_add_ps(acc[0][r][j], acc[1][r][j])));
+    for (int64_t j = 0; j < NB; ++j) y[(r0 + r) * N + n0 + j] = Out(Vec::sum(acc[0][r][j], acc[1][r][j]));
 }
-
-#if defined(__AVX512F__)
-// The same tiles 16 values wide, where the CPU has AVX-512 (a Zen 5 core runs a 16-wide FMA
-// as fast as an 8-wide one: twice the weights per instruction). Accumulators alternate per
-// 16 k values; sums differ from the 8-wide tiles' order, so bits differ between machines
-// with and without AVX-512, but not between batches on one machine.
-inline __m512 widen16_int8(const int8_t* p) {
-  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-}
-
-template <int64_t RB, int64_t NB, bool kGrouped, typename Out>
-void int8_tile16(const float* x, const int8_t* q, const float* scale, const float* shift, Out* y, int64_t r0,
-                 int64_t n0, int64_t K, int64_t N, int64_t g) {
-  const int64_t groups = K / g, ahead = ahead_bytes(NB * K);
-  __m512 acc[2][RB][NB];
-  for (auto& a : acc)
-    for (auto& row : a)
-      for (auto& v : row) v = _mm512_setzero_ps();
-  for (int64_t group = 0; group < groups; ++group) {
-    __m512 s[NB], m[NB];
-    if constexpr (kGrouped)
-      for (int64_t j = 0; j < NB; ++j) {
-        s[j] = _mm512_set1_ps(scale[(n0 + j) * groups + group]);
-        m[j] = _mm512_set1_ps(shift[(n0 + j) * groups + group]);
-      }
-    const int64_t end = (group + 1) * g;
-    for (int64_t k = group * g; k < end; k += 32) {
-      for (int64_t half = 0; half < 2 && k + 16 * half < end; ++half) {  // k + 16 half .. k + 16 half + 15
-        __m512 w[NB];
-        for (int64_t j = 0; j < NB; ++j) {
-          const int8_t* row = q + (n0 + j) * K + k + 16 * half;
-          if (half == 0 && k % 64 == 0) _mm_prefetch(reinterpret_cast<const char*>(row) + ahead, _MM_HINT_T0);
-          w[j] = widen16_int8(row);
-          if constexpr (kGrouped) w[j] = _mm512_fmadd_ps(w[j], s[j], m[j]);
-        }
-        for (int64_t r = 0; r < RB; ++r) {
-          const __m512 xv = _mm512_loadu_ps(x + (r0 + r) * K + k + 16 * half);
-          for (int64_t j = 0; j < NB; ++j) acc[half][r][j] = _mm512_fmadd_ps(xv, w[j], acc[half][r][j]);
-        }
-      }
-    }
-  }
-  for (int64_t r = 0; r < RB; ++r)
-    for (int64_t j = 0; j < NB; ++j) {
-      const float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][r][j], acc[1][r][j]));
-      y[(r0 + r) * N + n0 + j] = Out(kGrouped ? sum : sum * scale[n0 + j]);
-    }
-}
-
-template <int64_t RB, int64_t NB, typename Out>
-void int4_tile16(const float* x, const uint8_t* q4, const float* scale, const float* shift, Out* y, int64_t r0,
-                 int64_t n0, int64_t K, int64_t N, int64_t g) {
-  const int64_t groups = K / g, ahead = ahead_bytes(NB * K / 2);
-  const __m128i low4 = _mm_set1_epi8(0x0F);
-  __m512 acc[2][RB][NB];
-  for (auto& a : acc)
-    for (auto& row : a)
-      for (auto& v : row) v = _mm512_setzero_ps();
-  for (int64_t group = 0; group < groups; ++group) {
-    __m512 s[NB], m[NB];
-    for (int64_t j = 0; j < NB; ++j) {
-      s[j] = _mm512_set1_ps(scale[(n0 + j) * groups + group]);
-      m[j] = _mm512_set1_ps(shift[(n0 + j) * groups + group]);
-    }
-    for (int64_t k = group * g; k < (group + 1) * g; k += 32) {
-      __m512 lo[NB], hi[NB];  // k .. k + 15 and k + 16 .. k + 31, widened: w = q s + m
-      for (int64_t j = 0; j < NB; ++j) {
-        const uint8_t* row = q4 + (n0 + j) * (K / 2) + k / 2;
-        if (k % 128 == 0) _mm_prefetch(reinterpret_cast<const char*>(row) + ahead, _MM_HINT_T0);
-        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row));
-        lo[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(b, low4))), s[j], m[j]);
-        hi[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b, 4), low4))),
-                                s[j], m[j]);
-      }
-      for (int64_t r = 0; r < RB; ++r) {
-        const __m512 x0 = _mm512_loadu_ps(x + (r0 + r) * K + k), x1 = _mm512_loadu_ps(x + (r0 + r) * K + k + 16);
-        for (int64_t j = 0; j < NB; ++j) {
-          acc[0][r][j] = _mm512_fmadd_ps(x0, lo[j], acc[0][r][j]);
-          acc[1][r][j] = _mm512_fmadd_ps(x1, hi[j], acc[1][r][j]);
-        }
-      }
-    }
-  }
-  for (int64_t r = 0; r < RB; ++r)
-    for (int64_t j = 0; j < NB; ++j)
-      y[(r0 + r) * N + n0 + j] = Out(_mm512_reduce_add_ps(_mm512_add_ps(acc[0][r][j], acc[1][r][j])));
-}
-#define INT8_TILE int8_tile16
-#define INT4_TILE int4_tile16
-#else
-#define INT8_TILE int8_tile
-#define INT4_TILE int4_tile
-#endif
 
 // tile(RB, r0) over all rows: full tiles of RB rows, then the rest one row at a time
 template <int64_t RB, typename Tile>
@@ -256,8 +196,8 @@ at::Tensor output(const at::Tensor& x, int64_t N, Fill&& fill) {
 }
 
 // tile(NB, RB, n0, r0) over every output and row, outputs split across threads: fewer than 4
-// rows in tiles of 4 outputs x 1 row, more in tiles of 1 output x 4 rows (8 accumulators either
-// way: no register spills); the last outputs one at a time. Every row tile passes over a block
+// rows in tiles of 4 outputs x 1 row, more in tiles of 1 output x 4 rows (AVX2: 8 accumulators
+// either way, no register spills) or, with AVX-512, 2 outputs x 4 rows; the last outputs one at a time. Every row tile passes over a block
 // of kBlock tiles before the next block: the block's weights stay in L1 while the rows go by,
 // and x (up to 32 rows of K floats, more than L1) is read once per block, not once per output.
 template <typename Tile>
@@ -306,8 +246,8 @@ at::Tensor int8_linear(at::Tensor x, at::Tensor q, at::Tensor scale, c10::option
   return output(x, N, [&](auto* yp) {
     tiles(R, N, [&](auto nb, auto rb, int64_t n0, int64_t r0) {
       constexpr int64_t RB = decltype(rb)::value, NB = decltype(nb)::value;
-      if (g == K) INT8_TILE<RB, NB, false>(xp, qp, sp, mp, yp, r0, n0, K, N, g);
-      else INT8_TILE<RB, NB, true>(xp, qp, sp, mp, yp, r0, n0, K, N, g);
+      if (g == K) int8_tile<RB, NB, false>(xp, qp, sp, mp, yp, r0, n0, K, N, g);
+      else int8_tile<RB, NB, true>(xp, qp, sp, mp, yp, r0, n0, K, N, g);
     });
   });
 }
@@ -327,7 +267,7 @@ at::Tensor int4_linear(at::Tensor x, at::Tensor q4, at::Tensor scale, at::Tensor
   const float* mp = shift.data_ptr<float>();
   return output(x, N, [&](auto* yp) {
     tiles(R, N, [&](auto nb, auto rb, int64_t n0, int64_t r0) {
-      INT4_TILE<decltype(rb)::value, decltype(nb)::value>(xp, qp, sp, mp, yp, r0, n0, K, N, g);
+      int4_tile<decltype(rb)::value, decltype(nb)::value>(xp, qp, sp, mp, yp, r0, n0, K, N, g);
     });
   });
 }

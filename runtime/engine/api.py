@@ -151,7 +151,9 @@ class Engine:
         if entry is None:
             return  # already ended here (stop string) or unknown
         state, waiter = entry
-        if state.apply(out, self.tokenizer):
+        with state.lock:
+            stopped = state.apply(out, self.tokenizer)
+        if stopped:
             self._send(AbortRequest(out.rid))  # a stop matched: free its KV in the engine
         if state.finished:
             with self._lock:
@@ -162,7 +164,8 @@ class Engine:
         with self._lock:
             entries, self._states = list(self._states.values()), {}
         for state, waiter in entries:
-            state.finished, state.finish_reason = True, FinishReason.abort(AbortCause.ENGINE_GONE, reason)
+            with state.lock:
+                state.finished, state.finish_reason = True, FinishReason.abort(AbortCause.ENGINE_GONE, reason)
             waiter.put(True)
 
     # ---- submission ---------------------------------------------------------
@@ -266,7 +269,7 @@ class Engine:
         try:
             while True:
                 finished = waiter.queue.get()
-                chunk, sent = _next_chunk(state, sent, finished)
+                chunk, sent, finished = _next_chunk(state, sent, finished)
                 if chunk is not None:
                     yield chunk
                 if finished:
@@ -306,7 +309,7 @@ class Engine:
         try:
             while True:
                 finished = await waiter.queue.get()
-                chunk, sent = _next_chunk(state, sent, finished)
+                chunk, sent, finished = _next_chunk(state, sent, finished)
                 if chunk is not None:
                     yield chunk
                 if finished:
@@ -393,11 +396,15 @@ def request_options(options: dict) -> RequestOptions:
     return RequestOptions(**options)
 
 
-def _next_chunk(state: RequestState, sent: int, finished: bool) -> tuple[dict | None, int]:
-    """A stream chunk (cumulative text plus the new `delta`) if there is news."""
-    result = state.result()
+def _next_chunk(state: RequestState, sent: int, finished: bool) -> tuple[dict | None, int, bool]:
+    """A stream chunk (cumulative text plus the new `delta`) if there is news, the text sent
+    so far, and whether the request is finished: as the update that woke the reader said, or
+    already in the snapshot (the final output can land between that update and this read;
+    the chunk is then the last one, and the final update still queued is not read)."""
+    with state.lock:
+        result, finished = state.result(), finished or state.finished
     if len(result["text"]) > sent or finished:
         result["delta"] = result["text"][sent:]
-        return result, len(result["text"])
-    return None, sent
+        return result, len(result["text"]), finished
+    return None, sent, finished
 

@@ -9,6 +9,7 @@ string's prefix, a regex's partial match at the end) is held back from `visible`
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -35,6 +36,9 @@ class RequestState:
     input_token_logprobs: list | None = None
     input_top_logprobs: list | None = None
     stop_patterns: list = field(init=False)  # compiled stop_regex
+    # held by the reader thread while it folds an output in (`apply`) and by a reader of the
+    # state while it takes a snapshot: a snapshot never sees half an update
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.stop_patterns = self.params.stop_regexes
